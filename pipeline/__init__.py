@@ -1,0 +1,26 @@
+"""The categorization domain, with no Dramatiq in it."""
+
+from pipeline.categorize import BatchReport, Categorizer
+from pipeline.errors import (
+    CatfleetError,
+    InvalidMessage,
+    InvalidPattern,
+    PermanentError,
+    SettingsError,
+    TransientError,
+)
+from pipeline.normalize import normalize_merchant
+from pipeline.settings import Settings
+
+__all__ = [
+    "BatchReport",
+    "Categorizer",
+    "CatfleetError",
+    "InvalidMessage",
+    "InvalidPattern",
+    "PermanentError",
+    "Settings",
+    "SettingsError",
+    "TransientError",
+    "normalize_merchant",
+]

@@ -1,0 +1,112 @@
+"""One batch, end to end: load -> resolve -> match -> write, in a constant number of round trips."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+import msgspec
+
+from pipeline.matcher import Decision, MerchantKey, Thresholds, decide, merchant_hits
+from pipeline.normalize import merchant_keys, normalize_merchant
+from pipeline.resolver import PatternResolver
+from pipeline.stores import CategorizationStore, ExpenseStore, WriteMeta
+from schemas import Outcome
+
+
+class BatchReport(msgspec.Struct, kw_only=True):
+    """What one batch did: every requested ID is in exactly one outcome."""
+
+    requested: int
+    outcomes: dict[str, int]
+    written: int
+    unchanged: int
+    ruleset_version: int | None
+    cache: dict[str, int]
+    categories: dict[int, int]
+    duration_ms: float
+
+
+class Categorizer:
+    def __init__(
+        self,
+        *,
+        expenses: ExpenseStore,
+        resolver: PatternResolver,
+        writer: CategorizationStore,
+        thresholds: Thresholds,
+    ):
+        self.expenses = expenses
+        self.resolver = resolver
+        self.writer = writer
+        self.thresholds = thresholds
+
+    def categorize(
+        self,
+        expense_ids: Sequence[int],
+        *,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        enqueued_at: dt.datetime | None = None,
+    ) -> BatchReport:
+        started = time.perf_counter()
+        ids = list(dict.fromkeys(expense_ids))  # duplicates in one message count once
+        loaded = self.expenses.load(ids)
+        outcomes: Counter[str] = Counter()
+        cache: Counter[str] = Counter()
+        categories: Counter[int] = Counter()
+        outcomes[Outcome.MISSING] = len(ids) - len(loaded.expenses)
+        outcomes[Outcome.USER_KEPT] = len(loaded.user_owned)
+        todo = [e for e in loaded.expenses if e.id not in loaded.user_owned]
+        written: set[int] = set()
+        if todo and loaded.ruleset_version is not None:
+            version = loaded.ruleset_version
+            keys_of = {e.id: merchant_keys(normalize_merchant(e.merchant_name)) for e in todo}
+            wanted: set[MerchantKey] = set()
+            for e in todo:
+                for key in keys_of[e.id]:
+                    wanted.add((e.user_id, key))
+                    wanted.add((0, key))
+            found = self.resolver.merchants(version, wanted, cache) if wanted else {}
+            rules = self.resolver.rules(version)
+            decisions: list[tuple[int, Decision]] = []
+            for e in todo:
+                keys = keys_of[e.id]
+                hits = merchant_hits(e.user_id, keys, found)
+                hits.extend(
+                    h
+                    for h in rules.match(e, keys[0] if keys else "")
+                    if h.pattern.user_id is None or h.pattern.user_id == e.user_id
+                )
+                d = decide(hits, self.thresholds)
+                decisions.append((e.id, d))
+                outcomes[_outcome(d)] += 1
+                if d.category_id is not None:
+                    categories[d.category_id] += 1
+            meta = WriteMeta(
+                ruleset_version=version,
+                message_id=message_id,
+                correlation_id=correlation_id,
+                enqueued_at=enqueued_at,
+            )
+            written = self.writer.upsert(decisions, meta)
+        return BatchReport(
+            requested=len(expense_ids),
+            outcomes={str(k): v for k, v in outcomes.items() if v},
+            written=len(written),
+            unchanged=len(todo) - len(written),
+            ruleset_version=loaded.ruleset_version,
+            cache=dict(cache),
+            categories=dict(categories),
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+
+def _outcome(d: Decision) -> Outcome:
+    if d.band == "auto":
+        return Outcome.CATEGORIZED
+    if d.band == "suggest":
+        return Outcome.SUGGESTED
+    return Outcome.UNCATEGORIZED

@@ -1,0 +1,105 @@
+"""PostgreSQL access: pooled connections, the one place psycopg errors become catfleet errors,
+and the short in-call retry of transient failures (tenacity)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg.errors
+import psycopg_pool
+from tenacity import (
+    before_sleep_log,
+    retry,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from pipeline.errors import DatabaseConflict, DatabaseError, DatabaseUnavailable, TransientError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: In-call retries of a transient PostgreSQL failure before it goes up to Dramatiq.
+IN_CALL_ATTEMPTS = 3
+
+_CONFLICTS = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn psycopg and pool errors into the project's tree, keeping the cause."""
+    try:
+        yield
+    except _CONFLICTS as exc:
+        raise DatabaseConflict(str(exc).strip()) from exc
+    except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
+        raise DatabaseUnavailable(str(exc).strip() or type(exc).__name__) from exc
+    except psycopg.Error as exc:
+        raise DatabaseError(str(exc).strip()) from exc
+
+
+retry_transient = retry(
+    retry=retry_if_exception_type(TransientError),
+    stop=stop_after_attempt(IN_CALL_ATTEMPTS),
+    wait=wait_random_exponential(multiplier=0.05, max=1.0),
+    before_sleep=before_sleep_log(log, logging.WARNING),
+    reraise=True,
+)
+
+
+def open_pool(dsn: str, *, size: int, name: str, wait: bool = False) -> psycopg_pool.ConnectionPool:
+    """A pool of autocommit connections: one statement is one round trip (no BEGIN/COMMIT)."""
+    pool = psycopg_pool.ConnectionPool(
+        dsn,
+        min_size=1,
+        max_size=max(1, size),
+        kwargs={"autocommit": True},
+        name=name,
+        timeout=10.0,
+        reconnect_timeout=60.0,
+        open=False,
+    )
+    pool.open(wait=wait)
+    return pool
+
+
+class Database:
+    """A write pool and an optional read pool (replica) behind one small interface."""
+
+    def __init__(
+        self, pool: psycopg_pool.ConnectionPool, read_pool: psycopg_pool.ConnectionPool | None = None
+    ):
+        self.pool = pool
+        self.read_pool = read_pool or pool
+
+    @classmethod
+    def connect(cls, dsn: str, *, size: int, read_dsn: str = "", wait: bool = False) -> Database:
+        with translate_errors():
+            pool = open_pool(dsn, size=size, name="catfleet-write", wait=wait)
+            read_pool = open_pool(read_dsn, size=size, name="catfleet-read", wait=wait) if read_dsn else None
+        return cls(pool, read_pool)
+
+    @contextmanager
+    def connection(self, *, read: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        with translate_errors(), (self.read_pool if read else self.pool).connection() as conn:
+            yield conn
+
+    def run(self, fn: Callable[[psycopg.Connection[Any]], T], *, read: bool = False) -> T:
+        """Call ``fn(conn)``, retrying it a few times on a transient failure (a fresh connection each try)."""
+
+        @retry_transient
+        def attempt() -> T:
+            with self.connection(read=read) as conn:
+                return fn(conn)
+
+        return attempt()
+
+    def close(self) -> None:
+        if self.read_pool is not self.pool:
+            self.read_pool.close()
+        self.pool.close()

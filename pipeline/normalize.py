@@ -1,0 +1,179 @@
+"""The one merchant normalizer, used for patterns and expenses alike.
+
+``PAYPAL *STARBUCKS 402935`` -> ``starbucks``; ``TST* WALMART STORE #4567`` -> ``walmart``;
+``UBER *TRIP HELP.UBER.COM`` -> ``uber trip``. Deterministic, pure, bounded input.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+
+#: Longest text considered; the rest of a hostile 1 MB string is ignored.
+MAX_INPUT_CHARS = 256
+
+# Payment processors and card-network prefixes that precede the real merchant, e.g. "SQ *".
+_PROCESSOR_PREFIX = re.compile(
+    r"^(?:(?:paypal|pp|sq|tst|sp|sumup|sum ?up|iz|izettle|zettle_?|ckm|dd|dnh|fs|gglpay|google|"
+    r"stripe|pos purchase|pos|debit card purchase|card purchase|purchase|recurring|ach|checkcard|"
+    r"visa|mc|www|clover|toast|doordash|dd doordash)\s*\*+\s*|"
+    r"(?:pos purchase|debit card purchase|card purchase|checkcard|pos|purchase)\s+)+"
+)
+_URL = re.compile(
+    r"\b(?:https?://)?(?:[a-z0-9-]+\.)+(?:com|net|org|co|uk|io|de|fr|ca|au|us|za|biz)\b(?:/\S*)?"
+)
+_PHONE = re.compile(r"\+?\d[\d\s().-]{6,}\d")
+_STORE_NO = re.compile(
+    r"(?:\b(?:store|str|no|nr|unit|branch|loc)\.?\s*)?#\s*\d+|\b(?:store|no|nr)\.?\s+\d+\b"
+)
+_DIGITS = re.compile(r"\b[a-z]*\d[a-z\d]*\b")  # tokens with digits: store numbers, refs, dates
+_NON_WORD = re.compile(r"[^\w&' ]+|_")
+_SPACES = re.compile(r"\s+")
+_SUFFIXES = frozenset(
+    [
+        "inc",
+        "incorporated",
+        "llc",
+        "ltd",
+        "limited",
+        "co",
+        "corp",
+        "corporation",
+        "plc",
+        "gmbh",
+        "ag",
+        "sa",
+        "sarl",
+        "bv",
+        "pty",
+        "pte",
+        "lp",
+        "llp",
+        "the",
+    ]
+)
+# Trailing two-letter US state codes ("SEATTLE WA") are location noise, not merchant.
+_US_STATES = frozenset(
+    [
+        "al",
+        "ak",
+        "az",
+        "ar",
+        "ca",
+        "co",
+        "ct",
+        "de",
+        "fl",
+        "ga",
+        "hi",
+        "id",
+        "il",
+        "in",
+        "ia",
+        "ks",
+        "ky",
+        "la",
+        "me",
+        "md",
+        "ma",
+        "mi",
+        "mn",
+        "ms",
+        "mo",
+        "mt",
+        "ne",
+        "nv",
+        "nh",
+        "nj",
+        "nm",
+        "ny",
+        "nc",
+        "nd",
+        "oh",
+        "ok",
+        "or",
+        "pa",
+        "ri",
+        "sc",
+        "sd",
+        "tn",
+        "tx",
+        "ut",
+        "vt",
+        "va",
+        "wa",
+        "wv",
+        "wi",
+        "wy",
+        "dc",
+    ]
+)
+
+
+def _fold(text: str) -> str:
+    """Lower-case and strip accents: 'Café' -> 'cafe'."""
+    decomposed = unicodedata.normalize("NFKD", text[:MAX_INPUT_CHARS])
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+@functools.lru_cache(maxsize=65_536)
+def normalize_merchant(raw: str) -> str:
+    """The canonical merchant key; '' when nothing recognisable is left."""
+    text = _fold(raw).strip()
+    text = _PROCESSOR_PREFIX.sub("", text)
+    text = _URL.sub(lambda m: " " + _domain_name(m.group(0)) + " ", text)
+    text = _PHONE.sub(" ", text)
+    text = _STORE_NO.sub(" ", text)
+    text = text.replace("*", " ")
+    text = _DIGITS.sub(" ", text)
+    text = _NON_WORD.sub(" ", text).replace("'", "")
+    tokens = [t for t in _SPACES.split(text) if t and t != "&"]
+    while len(tokens) > 1 and (tokens[-1] in _SUFFIXES or tokens[-1] in _US_STATES):
+        tokens.pop()
+    while len(tokens) > 1 and tokens[0] == "the":
+        tokens.pop(0)
+    return " ".join(_dedupe(tokens))
+
+
+def _domain_name(url: str) -> str:
+    """'help.uber.com' -> '' when the name repeats elsewhere; 'amazon.com' -> 'amazon'."""
+    host = url.split("//")[-1].split("/")[0]
+    labels = [p for p in host.split(".") if p not in {"www", "help", "pay", "m"}]
+    return labels[0] if len(labels) >= 2 else ""
+
+
+def _dedupe(tokens: list[str]) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    for t in tokens:
+        if t not in seen:
+            seen.add(t)
+            out.append(t)
+    return out
+
+
+def merchant_keys(normalized: str, *, max_keys: int = 3) -> list[str]:
+    """Lookup keys, most specific first: the whole name, then shorter leading-token prefixes.
+
+    'starbucks reserve roastery' -> ['starbucks reserve roastery', 'starbucks reserve', 'starbucks'].
+    A one-token prefix must be at least 3 characters long to count.
+    """
+    if not normalized:
+        return []
+    tokens = normalized.split(" ")
+    keys = [normalized]
+    for n in range(len(tokens) - 1, 0, -1):
+        if len(keys) >= max_keys:
+            break
+        prefix = " ".join(tokens[:n])
+        if n == 1 and len(prefix) < 3:
+            break
+        keys.append(prefix)
+    return keys
+
+
+def normalize_text(raw: str) -> str:
+    """Descriptions and keywords: folded, punctuation to spaces, single-spaced."""
+    text = _NON_WORD.sub(" ", _fold(raw).replace("'", ""))
+    return _SPACES.sub(" ", text).strip()

@@ -1,0 +1,185 @@
+"""Pattern values: validation at save time and the compiled rule set for non-merchant kinds.
+
+Keywords and descriptions are matched in one pass (Aho-Corasick), regexes in one pass of an
+RE2 set (linear time: no ReDoS), amount ranges and times by comparison.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Sequence
+
+import ahocorasick
+import msgspec
+import re2
+
+from pipeline.errors import InvalidPattern
+from pipeline.normalize import normalize_merchant, normalize_text
+from schemas import Expense, Pattern, PatternKind
+
+MAX_REGEX_CHARS = 300
+#: RE2 refuses programs over this size: a guard against patterns that are merely huge.
+RE2_MAX_MEM = 8 << 20
+
+_AMOUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)?\s*\.\.\s*(\d+(?:\.\d+)?)?\s*$")
+_TIME_PART = re.compile(r"^(hours|days)=(.+)$")
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _re2_options() -> re2.Options:
+    options = re2.Options()
+    options.log_errors = False
+    options.max_mem = RE2_MAX_MEM
+    options.case_sensitive = False
+    return options
+
+
+class Hit(msgspec.Struct, frozen=True):
+    """One pattern that fired for one expense, with the score it contributes."""
+
+    pattern: Pattern
+    score: float
+    detail: str
+
+
+def canonical_value(kind: PatternKind | str, value: str) -> str:
+    """The stored form of a pattern value; raises InvalidPattern with a clear reason."""
+    kind = PatternKind(kind)
+    if kind is PatternKind.MERCHANT:
+        out = normalize_merchant(value)
+    elif kind in (PatternKind.KEYWORD, PatternKind.DESCRIPTION):
+        out = normalize_text(value)
+    elif kind is PatternKind.REGEX:
+        if len(value) > MAX_REGEX_CHARS:
+            raise InvalidPattern(f"regex longer than {MAX_REGEX_CHARS} characters")
+        try:
+            re2.compile(value, _re2_options())
+        except re2.error as exc:
+            raise InvalidPattern(
+                f"regex rejected by RE2 (only linear-time syntax is allowed): {exc}"
+            ) from exc
+        out = value
+    elif kind is PatternKind.AMOUNT_RANGE:
+        low, high = parse_amount_range(value)
+        out = f"{'' if low is None else low}..{'' if high is None else high}"
+    else:
+        parse_time(value)
+        out = value.strip().lower()
+    if not out:
+        raise InvalidPattern(f"{kind.value} pattern {value[:50]!r} is empty after normalization")
+    return out
+
+
+def parse_amount_range(value: str) -> tuple[float | None, float | None]:
+    """'10..50', '..5', '100..' (inclusive bounds)."""
+    m = _AMOUNT.match(value)
+    if not m or (m[1] is None and m[2] is None):
+        raise InvalidPattern(f"amount_range must look like 'LOW..HIGH', got {value[:50]!r}")
+    low, high = (float(m[1]) if m[1] else None), (float(m[2]) if m[2] else None)
+    if low is not None and high is not None and low > high:
+        raise InvalidPattern(f"amount_range {value!r}: low bound above high bound")
+    return low, high
+
+
+def parse_time(value: str) -> tuple[tuple[int, int] | None, frozenset[int] | None]:
+    """'hours=6-10', 'days=sat,sun' or both joined by ';' (hours in 0-23, end inclusive)."""
+    hours: tuple[int, int] | None = None
+    days: frozenset[int] | None = None
+    for part in value.strip().lower().split(";"):
+        m = _TIME_PART.match(part.strip())
+        if not m:
+            raise InvalidPattern(
+                f"time pattern must be 'hours=H-H' and/or 'days=mon,...', got {value[:50]!r}"
+            )
+        if m[1] == "hours":
+            try:
+                a, b = (int(x) for x in m[2].split("-"))
+            except ValueError:
+                raise InvalidPattern(f"bad hours in {value!r}") from None
+            if not (0 <= a <= 23 and 0 <= b <= 23):
+                raise InvalidPattern(f"hours out of range in {value!r}")
+            hours = (a, b)
+        else:
+            names = [d.strip()[:3] for d in m[2].split(",")]
+            if any(d not in _DAYS for d in names):
+                raise InvalidPattern(f"bad day name in {value!r}")
+            days = frozenset(_DAYS.index(d) for d in names)
+    return hours, days
+
+
+class Ruleset:
+    """The compiled non-merchant patterns of one ruleset version (global and per user)."""
+
+    def __init__(self, version: int, patterns: Iterable[Pattern]):
+        self.version = version
+        self.patterns: tuple[Pattern, ...] = tuple(p for p in patterns if p.kind is not PatternKind.MERCHANT)
+        self._text = ahocorasick.Automaton()
+        self._regexes: list[Pattern] = []
+        self._amounts: list[tuple[Pattern, float | None, float | None]] = []
+        self._times: list[tuple[Pattern, tuple[int, int] | None, frozenset[int] | None]] = []
+        regex_set = re2.Set.SearchSet(_re2_options())
+        words: dict[str, list[Pattern]] = {}
+        for p in self.patterns:
+            if p.kind in (PatternKind.KEYWORD, PatternKind.DESCRIPTION):
+                words.setdefault(f" {p.value} ", []).append(p)
+            elif p.kind is PatternKind.REGEX:
+                regex_set.Add(p.value)
+                self._regexes.append(p)
+            elif p.kind is PatternKind.AMOUNT_RANGE:
+                self._amounts.append((p, *parse_amount_range(p.value)))
+            elif p.kind is PatternKind.TIME:
+                self._times.append((p, *parse_time(p.value)))
+        for word, owners in words.items():
+            self._text.add_word(word, tuple(owners))
+        if words:
+            self._text.make_automaton()
+        regex_set.Compile()
+        self._regex_set = regex_set if self._regexes else None
+
+    def match(self, expense: Expense, merchant: str) -> list[Hit]:
+        """Every rule that fires for the expense (any user's rules are filtered by the caller)."""
+        hits: list[Hit] = []
+        description = normalize_text(expense.description[:1024])
+        if self._text.kind == ahocorasick.AHOCORASICK:
+            haystack = f" {merchant} | {description} "
+            split = len(merchant) + 2
+            for end, owners in self._text.iter(haystack):
+                for p in owners:
+                    in_merchant = end < split
+                    if p.kind is PatternKind.DESCRIPTION and in_merchant:
+                        continue
+                    where = "merchant" if in_merchant else "description"
+                    hits.append(Hit(p, p.weight, f"{p.kind.value} {p.value!r} in {where}"))
+        if self._regex_set is not None:
+            subject = f"{expense.merchant_name[:256]} {expense.description[:768]}"
+            for i in sorted(self._regex_set.Match(subject) or ()):
+                p = self._regexes[i]
+                hits.append(Hit(p, p.weight, f"regex /{p.value}/"))
+        for p, low, high in self._amounts:
+            if (low is None or expense.amount >= low) and (high is None or expense.amount <= high):
+                hits.append(Hit(p, p.weight, f"amount {expense.amount:g} in {p.value}"))
+        for p, hours, days in self._times:
+            if _time_fires(expense, hours, days):
+                hits.append(Hit(p, p.weight, f"time {p.value}"))
+        return hits
+
+
+def _time_fires(expense: Expense, hours: tuple[int, int] | None, days: frozenset[int] | None) -> bool:
+    if days is not None and expense.transaction_date.weekday() not in days:
+        return False
+    if hours is not None:
+        if expense.transaction_time is None:
+            return False
+        h, (a, b) = expense.transaction_time.hour, hours
+        if not (a <= h <= b if a <= b else h >= a or h <= b):
+            return False
+    return True
+
+
+def weekday_name(day: dt.date) -> str:
+    return _DAYS[day.weekday()]
+
+
+def user_rules(rules: Sequence[Pattern], user_id: int) -> list[Pattern]:
+    return [p for p in rules if p.user_id == user_id]

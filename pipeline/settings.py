@@ -1,0 +1,88 @@
+"""The one typed settings object. Built once at the edge (``workers.config.settings_from_env``)
+and passed down explicitly; nothing in ``pipeline`` reads the environment."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+import msgspec
+
+from schemas import MAX_BATCH_IDS
+
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/catfleet"
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_CACHE_URL = "redis://127.0.0.1:6379/1"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every knob of catfleet. Each field is set by ``CATFLEET_<FIELD NAME IN CAPITALS>``."""
+
+    #: PostgreSQL DSN (libpq URL or key=value string).
+    database_url: str = DEFAULT_DATABASE_URL
+    #: Optional DSN of a read replica for expense reads; empty: use ``database_url``.
+    database_read_url: str = ""
+    #: Connections per worker process; 0: threads + 2.
+    database_pool_size: Annotated[int, msgspec.Meta(ge=0, le=200)] = 0
+    #: ``redis://`` (default) or ``amqp://`` (RabbitMQ).
+    broker_url: str = DEFAULT_BROKER_URL
+    #: Redis broker key namespace; every producer and worker of a fleet must agree.
+    broker_namespace: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:{}-]{1,64}$")] = "dramatiq"
+    #: Pattern cache: a Redis Cluster node URL, or a single Redis.
+    cache_url: str = DEFAULT_CACHE_URL
+    #: Prefix of every pattern-cache key.
+    cache_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "catfleet"
+    #: IDs per message the producer sends (the schema's hard maximum is MAX_BATCH_IDS).
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_BATCH_IDS)] = 500
+    #: Worker processes and threads per process started by ``catfleet worker``.
+    worker_processes: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    worker_threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
+    #: Messages a worker process holds; 0: 2 x threads.
+    worker_prefetch: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
+    #: Dramatiq retries across calls: how many, and the backoff window (ms).
+    max_retries: Annotated[int, msgspec.Meta(ge=0, le=50)] = 5
+    min_backoff_ms: Positive = 1_000
+    max_backoff_ms: Positive = 300_000
+    #: Longest a batch may run before it is interrupted and retried (ms).
+    time_limit_ms: Positive = 300_000
+    #: Confidence bands: >= auto applies, >= suggest suggests, below stays uncategorized.
+    auto_threshold: Fraction = 0.85
+    suggest_threshold: Fraction = 0.70
+    #: L1 in-process pattern cache: entries and time to live (s).
+    l1_max_entries: Positive = 50_000
+    l1_ttl_seconds: Positive = 300
+    #: Log level and format (``json`` or ``text``).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    def __post_init__(self) -> None:
+        if self.suggest_threshold > self.auto_threshold:
+            raise ValueError("suggest_threshold must not exceed auto_threshold")
+        if self.min_backoff_ms > self.max_backoff_ms:
+            raise ValueError("min_backoff_ms must not exceed max_backoff_ms")
+        for name in ("database_url", "broker_url", "cache_url"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must not be empty")
+        if not self.broker_url.startswith(("redis://", "rediss://", "amqp://", "amqps://")):
+            raise ValueError("broker_url must start with redis://, rediss://, amqp:// or amqps://")
+
+    @property
+    def pool_size(self) -> int:
+        return self.database_pool_size or self.worker_threads + 2
+
+    def redacted(self) -> dict[str, object]:
+        """The settings as a dict with passwords removed from every URL: safe to log."""
+        return {k: redact(v) if isinstance(v, str) else v for k, v in msgspec.structs.asdict(self).items()}
+
+
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
+_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Hide passwords in URLs (``scheme://user:pw@host``) and ``password=...`` DSN parts."""
+    text = _URL_PASSWORD.sub(r"\g<head>***@", text)
+    return _KV_PASSWORD.sub(r"\1***", text)

@@ -1,0 +1,124 @@
+"""Narrow store objects over PostgreSQL: each method is one statement, one round trip."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from pipeline import queries
+from pipeline.db import Database
+from pipeline.matcher import Decision, MerchantKey
+from schemas import Expense, Pattern, PatternKind
+
+_json = msgspec.json.Encoder()
+
+
+class LoadedBatch(msgspec.Struct):
+    expenses: list[Expense]
+    ruleset_version: int | None  # None when no expense was found
+    user_owned: set[int]  # ids whose categorization the user chose
+
+
+class ExpenseStore:
+    def __init__(self, db: Database):
+        self.db = db
+
+    def load(self, ids: Sequence[int]) -> LoadedBatch:
+        rows = self.db.run(
+            lambda c: c.execute(queries.LOAD_EXPENSES, {"ids": list(ids)}).fetchall(), read=True
+        )
+        expenses, owned, version = [], set(), None
+        for r in rows:
+            expenses.append(
+                Expense(
+                    id=r[0],
+                    user_id=r[1],
+                    merchant_name=r[2],
+                    description=r[3],
+                    amount=r[4],
+                    currency=r[5].strip(),
+                    transaction_date=r[6],
+                    transaction_time=r[7],
+                )
+            )
+            version = r[8]
+            if r[9]:
+                owned.add(r[0])
+        return LoadedBatch(expenses, version, owned)
+
+    def uncategorized_ids(self, user_id: int | None = None) -> list[int]:
+        rows = self.db.run(
+            lambda c: c.execute(queries.UNCATEGORIZED_IDS, {"user_id": user_id}).fetchall(), read=True
+        )
+        return [r[0] for r in rows]
+
+
+def _pattern(row: Sequence[Any]) -> Pattern:
+    return Pattern(
+        id=row[0], user_id=row[1], category_id=row[2], kind=PatternKind(row[3]), value=row[4], weight=row[5]
+    )
+
+
+class PatternStore:
+    """L3: the source of truth for patterns."""
+
+    name = "l3"
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    def load_merchants(self, keys: Collection[MerchantKey]) -> dict[MerchantKey, tuple[Pattern, ...]]:
+        """An entry for every key asked (empty when nothing matches: negative entries)."""
+        values = sorted({v for _, v in keys})
+        users = sorted({u for u, _ in keys if u})
+        params = {"values": values, "users": users}
+        rows = self.db.run(lambda c: c.execute(queries.LOAD_MERCHANT_PATTERNS, params).fetchall(), read=True)
+        found: dict[MerchantKey, list[Pattern]] = {key: [] for key in keys}
+        for row in rows:
+            p = _pattern(row)
+            bucket = found.get((p.user_id or 0, p.value))
+            if bucket is not None:
+                bucket.append(p)
+        return {k: tuple(sorted(v, key=lambda p: p.id)) for k, v in found.items()}
+
+    def load_rules(self) -> tuple[int, tuple[Pattern, ...]]:
+        """The ruleset version and its non-merchant patterns, in one statement."""
+        rows = self.db.run(lambda c: c.execute(queries.LOAD_RULES).fetchall(), read=True)
+        version = rows[0][0] if rows else 0
+        return version, tuple(_pattern(r[1:]) for r in rows if r[1] is not None)
+
+
+class WriteMeta(msgspec.Struct, frozen=True, kw_only=True):
+    ruleset_version: int
+    message_id: str | None = None
+    correlation_id: str | None = None
+    enqueued_at: dt.datetime | None = None
+
+
+class CategorizationStore:
+    def __init__(self, db: Database):
+        self.db = db
+
+    def upsert(self, decisions: Iterable[tuple[int, Decision]], meta: WriteMeta) -> set[int]:
+        """Write every decision in one statement; returns the ids whose row was inserted or changed."""
+        items = sorted(decisions, key=lambda item: item[0])  # one lock order for all writers
+        if not items:
+            return set()
+        params = {
+            "expense_ids": [i for i, _ in items],
+            "category_ids": [d.category_id for _, d in items],
+            "pattern_ids": [d.pattern_id for _, d in items],
+            "confidences": [d.confidence for _, d in items],
+            "bands": [d.band for _, d in items],
+            "methods": [d.method for _, d in items],
+            "explanations": [_json.encode(d.explanation).decode() for _, d in items],
+            "ruleset_version": meta.ruleset_version,
+            "message_id": meta.message_id,
+            "correlation_id": meta.correlation_id,
+            "enqueued_at": meta.enqueued_at,
+        }
+        rows = self.db.run(lambda c: c.execute(queries.UPSERT_CATEGORIZATIONS, params).fetchall())
+        return {r[0] for r in rows}

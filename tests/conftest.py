@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pipeline.settings import Settings
+from tests.support import data
+from tests.support.services import WorkerProcess, flush_namespace, isolated_settings
+
+
+@pytest.fixture(scope="session")
+def settings() -> Iterator[Settings]:
+    """One throwaway database and Redis namespace for the whole run (real servers: they must be up)."""
+    with isolated_settings() as s:
+        yield s
+
+
+@pytest.fixture
+def conn(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(settings.database_url, autocommit=True) as c:
+        yield c
+
+
+@pytest.fixture
+def cats(conn: psycopg.Connection[Any], settings: Settings) -> dict[str, int]:
+    """A clean database with categories and the standard patterns; a clean broker namespace."""
+    flush_namespace(settings)
+    ids = data.reset(conn)
+    data.seed_patterns(conn, ids)
+    return ids
+
+
+@pytest.fixture
+def worker(settings: Settings, tmp_path: Path, cats: dict[str, int]) -> Iterator[WorkerProcess]:
+    w = WorkerProcess(settings, tmp_path / "worker.log")
+    try:
+        w.wait_ready()
+        yield w
+    finally:
+        w.stop()

@@ -1,0 +1,114 @@
+import datetime as dt
+
+import pytest
+
+from pipeline.errors import InvalidPattern
+from pipeline.matcher import Thresholds, decide, merchant_hits
+from pipeline.rules import Hit, Ruleset, canonical_value
+from schemas import Expense, Pattern, PatternKind
+
+T = Thresholds(auto=0.85, suggest=0.70)
+
+
+def pat(pid: int, cat: int, kind: str, value: str, weight: float = 0.95, user: int | None = None) -> Pattern:
+    return Pattern(
+        id=pid,
+        user_id=user,
+        category_id=cat,
+        kind=PatternKind(kind),
+        value=canonical_value(kind, value),
+        weight=weight,
+    )
+
+
+def exp(merchant: str, description: str = "", amount: float = 10.0, hour: int = 12) -> Expense:
+    return Expense(
+        id=1,
+        user_id=7,
+        merchant_name=merchant,
+        description=description,
+        amount=amount,
+        currency="USD",
+        transaction_date=dt.date(2026, 3, 14),  # a Saturday
+        transaction_time=dt.time(hour, 0),
+    )
+
+
+@pytest.mark.parametrize("regex", ["(a+)+\\1", "(?=lookahead)", "(?<=behind)x", "x" * 301])
+def test_regexes_re2_rejects_are_refused_at_save_time(regex: str) -> None:
+    with pytest.raises(InvalidPattern):
+        canonical_value("regex", regex)
+
+
+def test_catastrophic_regex_runs_in_linear_time() -> None:
+    rules = Ruleset(1, [pat(1, 1, "regex", "(a+)+$")])
+    assert rules.match(exp("a" * 5000 + "!"), "x") == []  # returns at once under RE2
+
+
+@pytest.mark.parametrize("value", ["5..", "..10", "lots", "10..5", ""])
+def test_amount_range_values(value: str) -> None:
+    if value in ("5..", "..10"):
+        assert canonical_value("amount_range", value) == value.replace("5", "5.0").replace("10", "10.0")
+    else:
+        with pytest.raises(InvalidPattern):
+            canonical_value("amount_range", value)
+
+
+def test_rules_fire_by_kind() -> None:
+    rules = Ruleset(
+        3,
+        [
+            pat(1, 10, "keyword", "pizza", 0.8),
+            pat(2, 11, "description", "team lunch", 0.75),
+            pat(3, 12, "regex", r"^uber\s*\*?\s*eats", 0.97),
+            pat(4, 13, "amount_range", "..5", 0.3),
+            pat(5, 14, "time", "days=sat,sun;hours=6-11", 0.3),
+        ],
+    )
+    hits = rules.match(exp("UBER EATS PIZZA", "Team lunch", amount=4.5, hour=9), "uber eats pizza")
+    assert sorted(h.pattern.id for h in hits) == [1, 2, 3, 4, 5]
+    # a description pattern never fires on the merchant name
+    assert [h.pattern.id for h in rules.match(exp("TEAM LUNCH CO"), "team lunch")] == []
+
+
+def test_user_merchant_beats_global_and_conflicts_lower_confidence() -> None:
+    found = {
+        (7, "starbucks"): (pat(1, 20, "merchant", "starbucks", 0.9, user=7),),
+        (0, "starbucks"): (pat(2, 21, "merchant", "starbucks"),),
+    }
+    d = decide(merchant_hits(7, ["starbucks"], found), T)
+    assert (d.category_id, d.band, d.explanation["decided_by"]) == (20, "auto", "user_merchant")
+
+
+def test_prefix_match_is_discounted_and_weak_guesses_stay_uncategorized() -> None:
+    found = {(0, "uber"): (pat(1, 30, "merchant", "uber", 0.95),)}
+    d = decide(merchant_hits(7, ["uber trip", "uber"], found), T)
+    assert d.category_id == 30 and d.confidence == pytest.approx(0.95 * 0.92, abs=1e-4)
+    weak = decide([Hit(pat(2, 31, "keyword", "market", 0.6), 0.6, "kw")], T)
+    assert (weak.category_id, weak.band, weak.confidence) == (None, "none", 0.6)
+
+
+def test_competing_categories_in_one_tier_are_ambiguous() -> None:
+    hits = [
+        Hit(pat(1, 40, "keyword", "pizza", 0.8), 0.8, "a"),
+        Hit(pat(2, 41, "keyword", "fuel", 0.88), 0.88, "b"),
+    ]
+    d = decide(hits, T)
+    assert d.band == "none"  # 0.88 * (1 - 0.5 * 0.8) = 0.528
+
+
+def test_ties_are_broken_deterministically() -> None:
+    a = Hit(pat(1, 51, "keyword", "alpha", 0.9), 0.9, "a")
+    b = Hit(pat(2, 50, "keyword", "beta", 0.9), 0.9, "b")
+    assert (
+        decide([a, b], Thresholds(0.4, 0.3)).category_id
+        == decide([b, a], Thresholds(0.4, 0.3)).category_id
+        == 50
+    )
+
+
+def test_agreeing_rules_from_other_tiers_raise_confidence() -> None:
+    found = {(0, "joes"): (pat(1, 60, "merchant", "joes", 0.8),)}
+    hits = [*merchant_hits(7, ["joes"], found), Hit(pat(2, 60, "keyword", "pizza", 0.8), 0.8, "kw")]
+    d = decide(hits, T)
+    assert d.band == "auto" and d.confidence == pytest.approx(1 - 0.2 * 0.6)

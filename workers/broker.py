@@ -1,0 +1,62 @@
+"""Explicit broker bootstrap from the settings: Redis by default, RabbitMQ for amqp:// URLs."""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Middleware,
+    Pipelines,
+    ShutdownNotifications,
+    TimeLimit,
+)
+
+from pipeline.settings import Settings
+from workers.encoder import MsgspecEncoder
+from workers.middleware.retries import SafeRetries
+
+#: A killed worker's unacked messages return after this long without its heartbeat (ms).
+HEARTBEAT_TIMEOUT_MS = 15_000
+#: Per million broker calls, how many also run the maintenance pass that re-queues them.
+MAINTENANCE_CHANCE = 20_000
+
+
+def is_rabbitmq(settings: Settings) -> bool:
+    return settings.broker_url.startswith(("amqp://", "amqps://"))
+
+
+def build_broker(settings: Settings, *, extra_middleware: list[Middleware] | None = None) -> dramatiq.Broker:
+    """A new broker with catfleet's middleware; also installs the msgspec encoder and sets it
+    as Dramatiq's global broker (Dramatiq's CLI and actors look it up there)."""
+    dramatiq.set_encoder(MsgspecEncoder())
+    middleware: list[Middleware] = [
+        AgeLimit(),
+        TimeLimit(time_limit=settings.time_limit_ms),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        SafeRetries(
+            max_retries=settings.max_retries,
+            min_backoff=settings.min_backoff_ms,
+            max_backoff=settings.max_backoff_ms,
+        ),
+        CurrentMessage(),
+        *(extra_middleware or []),
+    ]
+    broker: dramatiq.Broker
+    if is_rabbitmq(settings):
+        broker = RabbitmqBroker(url=settings.broker_url, confirm_delivery=True, middleware=middleware)
+    else:
+        broker = RedisBroker(
+            url=settings.broker_url,
+            namespace=settings.broker_namespace,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+            maintenance_chance=MAINTENANCE_CHANCE,
+            middleware=middleware,
+        )
+    dramatiq.set_broker(broker)
+    return broker

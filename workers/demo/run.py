@@ -1,0 +1,170 @@
+"""``catfleet demo``: a throwaway demo database and broker namespace, real worker processes,
+every expense enqueued, progress while it runs, and a summary at the end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psycopg
+import redis
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pipeline.migrate import migrate
+from pipeline.settings import Settings
+from workers.app import build_app
+from workers.config import env_name
+from workers.demo.data import load_demo_data
+from workers.producer import Producer
+
+DEMO_NAMESPACE = "catfleet-demo"
+#: IDs that exist nowhere, sent along to show they are counted, not lost.
+UNKNOWN_IDS = 25
+TIMEOUT_S = 600
+
+
+def demo_database_url(settings: Settings) -> str:
+    params = conninfo_to_dict(settings.database_url)
+    return make_conninfo(settings.database_url, dbname=f"{params.get('dbname') or 'catfleet'}_demo")
+
+
+def ensure_database(url: str) -> None:
+    params = conninfo_to_dict(url)
+    name = str(params["dbname"])
+    admin = make_conninfo(url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def check_services(settings: Settings) -> None:
+    try:
+        with psycopg.connect(settings.database_url, connect_timeout=5):
+            pass
+    except psycopg.OperationalError as exc:
+        raise SystemExit(f"PostgreSQL is not reachable at {env_name('database_url')}: {exc}") from None
+    if settings.broker_url.startswith("redis"):
+        try:
+            redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5).ping()
+        except redis.RedisError as exc:
+            raise SystemExit(f"Redis is not reachable at {env_name('broker_url')}: {exc}") from None
+
+
+def _percentiles(conn: psycopg.Connection[Any]) -> tuple[float, float, float]:
+    row = conn.execute(
+        "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP ("
+        " ORDER BY extract(epoch FROM categorized_at - enqueued_at) * 1000)"
+        " FROM categorizations WHERE enqueued_at IS NOT NULL"
+    ).fetchone()
+    p = row[0] if row and row[0] else [0.0, 0.0, 0.0]
+    return p[0], p[1], p[2]
+
+
+def run_demo(settings: Settings, *, expenses: int, users: int, processes: int | None) -> int:
+    check_services(settings)
+    db_url = demo_database_url(settings)
+    ensure_database(db_url)
+    demo = msgspec.structs.replace(settings, database_url=db_url, broker_namespace=DEMO_NAMESPACE)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        migrate(conn)
+        print(f"loading {expenses:,} demo expenses for {users:,} users ...", flush=True)
+        ids = load_demo_data(conn, expenses=expenses, users=users)
+        live = conn.execute("SELECT count(*) FROM expenses WHERE deleted_at IS NULL").fetchone()[0]  # type: ignore[index]
+    app = build_app(demo)
+    app.broker.flush_all()
+    log_dir = Path(".demo")
+    log_dir.mkdir(exist_ok=True)
+    env = dict(os.environ, **{env_name("database_url"): db_url, env_name("broker_namespace"): DEMO_NAMESPACE})
+    env.setdefault(env_name("log_level"), "WARNING")
+    n_proc = processes or settings.worker_processes
+    print(f"starting {n_proc} worker process(es) x {settings.worker_threads} threads ...", flush=True)
+    with open(log_dir / "worker.log", "wb") as log_file:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "workers", "worker", "--processes", str(n_proc)],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _wait_for_workers(demo, worker)
+            return _drive(app, demo, db_url, ids, live)
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+            app.broker.close()
+            print("workers stopped (log: .demo/worker.log)")
+
+
+def _wait_for_workers(settings: Settings, worker: subprocess.Popen[bytes]) -> None:
+    """Workers heartbeat into the broker once they consume: wait for that before timing anything."""
+    if not settings.broker_url.startswith("redis"):
+        time.sleep(3)
+        return
+    client = redis.Redis.from_url(settings.broker_url)
+    deadline = time.monotonic() + 60
+    while not client.zcard(f"{settings.broker_namespace}:__heartbeats__"):
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("the demo workers did not start: see .demo/worker.log")
+        time.sleep(0.1)
+    client.close()
+
+
+def _drive(app: Any, settings: Settings, db_url: str, ids: list[int], live: int) -> int:
+    unknown = list(range(10**12, 10**12 + UNKNOWN_IDS))
+    started = time.monotonic()
+    report = Producer(app.broker, batch_size=settings.batch_size).enqueue(
+        ids + unknown, correlation_id="demo"
+    )
+    print(f"enqueued {report.ids:,} ids in {report.messages:,} messages ({time.monotonic() - started:.2f}s)")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        done, tty, last_print = 0, sys.stdout.isatty(), 0.0
+        while done < live:
+            time.sleep(0.25)
+            done = conn.execute("SELECT count(*) FROM categorizations").fetchone()[0]  # type: ignore[index]
+            elapsed = time.monotonic() - started
+            if tty:
+                print(f"\r  {done:>8,} / {live:,} categorized  {elapsed:6.1f}s", end="", flush=True)
+            elif elapsed - last_print >= 2 or done >= live:
+                print(f"  {done:>8,} / {live:,} categorized  {elapsed:6.1f}s", flush=True)
+                last_print = elapsed
+            if elapsed > TIMEOUT_S:
+                print(f"\ndemo timed out after {TIMEOUT_S}s: see .demo/worker.log")
+                return 1
+        if tty:
+            print()
+        span = conn.execute(
+            "SELECT extract(epoch FROM max(categorized_at) - min(enqueued_at)) FROM categorizations"
+        ).fetchone()[0]  # type: ignore[index]
+        bands: dict[str, int] = dict(
+            conn.execute("SELECT band, count(*) FROM categorizations GROUP BY band").fetchall()
+        )
+        top = conn.execute(
+            "SELECT k.name, count(*) FROM categorizations c JOIN categories k ON k.id = c.category_id"
+            " WHERE c.band = 'auto' GROUP BY k.name ORDER BY count(*) DESC, k.name LIMIT 8"
+        ).fetchall()
+        p50, p95, p99 = _percentiles(conn)
+    missing = len(ids) + UNKNOWN_IDS - live
+    rate = live / float(span) if span else 0.0
+    print("\n=== catfleet demo summary ===")
+    print(f"expenses categorized per second : {rate:,.0f}  ({live:,} rows in {float(span):.2f}s)")
+    print(f"enqueue -> commit latency (ms)  : p50 {p50:,.0f}  p95 {p95:,.0f}  p99 {p99:,.0f}")
+    print("  (the whole backlog is enqueued at once, so latency here is mostly time spent queued)")
+    print(
+        f"outcomes                        : categorized {bands.get('auto', 0):,}  "
+        f"suggested {bands.get('suggest', 0):,}  uncategorized {bands.get('none', 0):,}  missing {missing:,}"
+    )
+    print("top categories (auto-applied)   :")
+    for name, count in top:
+        print(f"  {name:<24} {count:>8,}")
+    return 0

@@ -1,0 +1,1 @@
+"""Cross-cutting concerns of the workers, one middleware per module."""

@@ -1,0 +1,108 @@
+"""The producer API: expense IDs in, batch messages out, pipelined where the broker allows."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+from uuid import uuid4
+
+import dramatiq
+import msgspec
+from dramatiq.brokers.redis import RedisBroker
+
+from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE, MAX_BATCH_IDS, MAX_EXPENSE_ID
+
+#: Messages sent per Redis pipeline (one round trip each).
+PIPELINE_MESSAGES = 200
+
+
+class EnqueueReport(msgspec.Struct):
+    messages: int
+    ids: int
+    message_ids: list[str]
+
+
+T = TypeVar("T")
+
+
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def validate_ids(ids: Iterable[int]) -> list[int]:
+    """Integer IDs in the bigint range, de-duplicated, in first-seen order; ValueError otherwise."""
+    out: dict[int, None] = {}
+    for raw in ids:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise ValueError(f"expense id must be an integer, got {raw!r}")
+        if not 1 <= raw <= MAX_EXPENSE_ID:
+            raise ValueError(f"expense id out of range: {raw}")
+        out[raw] = None
+    return list(out)
+
+
+class Producer:
+    def __init__(self, broker: dramatiq.Broker, *, batch_size: int):
+        if not 1 <= batch_size <= MAX_BATCH_IDS:
+            raise ValueError(f"batch_size must be in 1..{MAX_BATCH_IDS}")
+        self.broker = broker
+        self.batch_size = batch_size
+        broker.declare_queue(CATEGORIZE_QUEUE)
+
+    def enqueue(self, expense_ids: Iterable[int], *, correlation_id: str | None = None) -> EnqueueReport:
+        ids = validate_ids(expense_ids)
+        messages = [self.batch_message(chunk, correlation_id) for chunk in chunked(ids, self.batch_size)]
+        self.send(messages)
+        return EnqueueReport(len(messages), len(ids), [m.message_id for m in messages])
+
+    @staticmethod
+    def batch_message(ids: list[int], correlation_id: str | None = None) -> dramatiq.Message[Any]:
+        payload: dict[str, Any] = {"expense_ids": ids}
+        if correlation_id:
+            payload["correlation_id"] = correlation_id
+        return dramatiq.Message(
+            queue_name=CATEGORIZE_QUEUE,
+            actor_name=CATEGORIZE_ACTOR,
+            args=(payload,),
+            kwargs={},
+            options={},
+        )
+
+    def send(self, messages: list[dramatiq.Message[Any]]) -> None:
+        if isinstance(self.broker, RedisBroker):
+            for group in chunked(messages, PIPELINE_MESSAGES):
+                self._send_redis_pipelined(self.broker, group)
+        else:  # RabbitMQ: publisher confirms, one by one
+            for message in messages:
+                self.broker.enqueue(message)
+
+    @staticmethod
+    def _send_redis_pipelined(broker: RedisBroker, messages: list[dramatiq.Message[Any]]) -> None:
+        """What RedisBroker.enqueue does per message, for a group in one round trip."""
+        dispatch = broker.scripts["dispatch"]
+        prepared = []
+        for message in messages:
+            message = message.copy(options={"redis_message_id": str(uuid4())})
+            broker.emit_before("enqueue", message, None)
+            prepared.append(message)
+        with broker.client.pipeline(transaction=False) as pipe:
+            for message in prepared:
+                args = [
+                    "enqueue",
+                    dramatiq.common.current_millis(),
+                    message.queue_name,
+                    broker.broker_id,
+                    broker.heartbeat_timeout,
+                    broker.dead_message_ttl,
+                    broker._should_do_maintenance("enqueue"),
+                    broker._max_unpack_size(),
+                    message.options["redis_message_id"],
+                    message.encode(),
+                ]
+                dispatch(keys=[broker.namespace], args=args, client=pipe)
+            pipe.execute()
+        for message in prepared:
+            broker.emit_after("enqueue", message, None)

@@ -1,0 +1,70 @@
+"""The per-process resources a worker needs, opened after the worker process boots (after the
+fork) and closed when it shuts down."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import Middleware
+
+from pipeline.cache import LocalTier
+from pipeline.categorize import Categorizer
+from pipeline.db import Database
+from pipeline.matcher import Thresholds
+from pipeline.resolver import PatternResolver
+from pipeline.settings import Settings
+from pipeline.stores import CategorizationStore, ExpenseStore, PatternStore
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Database pools, caches and the categorizer of one worker process."""
+
+    def __init__(self, settings: Settings, *, wait: bool = False):
+        self.settings = settings
+        self.db = Database.connect(
+            settings.database_url, size=settings.pool_size, read_dsn=settings.database_read_url, wait=wait
+        )
+        self.l1 = LocalTier(max_entries=settings.l1_max_entries, ttl_seconds=settings.l1_ttl_seconds)
+        self.resolver = PatternResolver(PatternStore(self.db), [self.l1])
+        self.expenses = ExpenseStore(self.db)
+        self.categorizer = Categorizer(
+            expenses=self.expenses,
+            resolver=self.resolver,
+            writer=CategorizationStore(self.db),
+            thresholds=Thresholds(auto=settings.auto_threshold, suggest=settings.suggest_threshold),
+        )
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class RuntimeHolder(Middleware):
+    """Opens the Runtime in each worker process and hands it to the actors."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._runtime: Runtime | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def runtime(self) -> Runtime:
+        runtime = self._runtime
+        if runtime is None:
+            with self._lock:  # first use in this process: open it once
+                if self._runtime is None:
+                    self._runtime = Runtime(self.settings)
+                runtime = self._runtime
+        return runtime
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        self.runtime  # noqa: B018 - open the pools now, not on the first message
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        if self._runtime is not None:
+            self._runtime.close()
+            self._runtime = None
