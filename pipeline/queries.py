@@ -38,10 +38,11 @@ UPSERT_CATEGORIZATIONS: LiteralString = """
 INSERT INTO categorizations AS c (
     expense_id, category_id, pattern_id, confidence, band, method, explanation,
     ruleset_version, message_id, correlation_id, source, enqueued_at)
+-- Arrays go in binary: no per-element quoting and escaping on either side.
 SELECT u.expense_id, u.category_id, u.pattern_id, u.confidence, u.band, u.method, u.explanation,
        %(ruleset_version)s, %(message_id)s, %(correlation_id)s, 'auto', %(enqueued_at)s
-FROM unnest(%(expense_ids)s::bigint[], %(category_ids)s::bigint[], %(pattern_ids)s::bigint[],
-            %(confidences)s::real[], %(bands)s::text[], %(methods)s::text[], %(explanations)s::jsonb[])
+FROM unnest(%(expense_ids)b::bigint[], %(category_ids)b::bigint[], %(pattern_ids)b::bigint[],
+            %(confidences)b::real[], %(bands)b::text[], %(methods)b::text[], %(explanations)b::jsonb[])
      AS u(expense_id, category_id, pattern_id, confidence, band, method, explanation)
 ON CONFLICT (expense_id) DO UPDATE SET
     category_id = EXCLUDED.category_id, pattern_id = EXCLUDED.pattern_id,

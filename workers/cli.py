@@ -75,9 +75,13 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     prefetch = settings.worker_prefetch or 2 * settings.worker_threads
-    env = dict(os.environ, dramatiq_queue_prefetch=str(prefetch))
+    env = dict(
+        os.environ,
+        dramatiq_queue_prefetch=str(prefetch),
+        dramatiq_worker_timeout=str(settings.worker_idle_poll_ms),
+    )
     argv = [
-        sys.executable, "-m", "dramatiq", "workers.boot:broker",
+        sys.executable, "-m", "dramatiq", args.boot,
         "--processes", str(args.processes or settings.worker_processes),
         "--threads", str(args.threads or settings.worker_threads),
         "--skip-logging",
@@ -111,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int, help="default: CATFLEET_WORKER_PROCESSES")
     p.add_argument("--threads", type=int, help="default: CATFLEET_WORKER_THREADS")
     p.add_argument("--queues", nargs="*", help="consume only these queues")
+    p.add_argument("--boot", default="workers.boot:broker", help="broker module (benchmarks use their own)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("enqueue", help="enqueue expense IDs for categorization, in batches")
@@ -131,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("settings", help="print the effective settings (passwords redacted)")
     p.set_defaults(func=cmd_settings)
+
+    from workers.bench.cli import register as register_bench
+
+    register_bench(sub)
     return parser
 
 

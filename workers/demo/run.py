@@ -4,8 +4,6 @@ every expense enqueued, progress while it runs, and a summary at the end."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,14 +12,13 @@ from typing import Any
 import msgspec
 import psycopg
 import redis
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pipeline.migrate import migrate
+from pipeline.dbadmin import create_database, dbname, with_dbname
 from pipeline.settings import Settings
 from workers.app import build_app
 from workers.config import env_name
 from workers.demo.data import load_demo_data
+from workers.procs import start_workers, stop_workers, wait_ready
 from workers.producer import Producer
 
 DEMO_NAMESPACE = "catfleet-demo"
@@ -31,17 +28,7 @@ TIMEOUT_S = 600
 
 
 def demo_database_url(settings: Settings) -> str:
-    params = conninfo_to_dict(settings.database_url)
-    return make_conninfo(settings.database_url, dbname=f"{params.get('dbname') or 'catfleet'}_demo")
-
-
-def ensure_database(url: str) -> None:
-    params = conninfo_to_dict(url)
-    name = str(params["dbname"])
-    admin = make_conninfo(url, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return with_dbname(settings.database_url, f"{dbname(settings.database_url) or 'catfleet'}_demo")
 
 
 def check_services(settings: Settings) -> None:
@@ -70,10 +57,9 @@ def _percentiles(conn: psycopg.Connection[Any]) -> tuple[float, float, float]:
 def run_demo(settings: Settings, *, expenses: int, users: int, processes: int | None) -> int:
     check_services(settings)
     db_url = demo_database_url(settings)
-    ensure_database(db_url)
+    create_database(settings.database_url, dbname(db_url), exist_ok=True)
     demo = msgspec.structs.replace(settings, database_url=db_url, broker_namespace=DEMO_NAMESPACE)
     with psycopg.connect(db_url, autocommit=True) as conn:
-        migrate(conn)
         print(f"loading {expenses:,} demo expenses for {users:,} users ...", flush=True)
         ids = load_demo_data(conn, expenses=expenses, users=users)
         live = conn.execute("SELECT count(*) FROM expenses WHERE deleted_at IS NULL").fetchone()[0]  # type: ignore[index]
@@ -81,43 +67,24 @@ def run_demo(settings: Settings, *, expenses: int, users: int, processes: int | 
     app.broker.flush_all()
     log_dir = Path(".demo")
     log_dir.mkdir(exist_ok=True)
-    env = dict(os.environ, **{env_name("database_url"): db_url, env_name("broker_namespace"): DEMO_NAMESPACE})
-    env.setdefault(env_name("log_level"), "WARNING")
     n_proc = processes or settings.worker_processes
     print(f"starting {n_proc} worker process(es) x {settings.worker_threads} threads ...", flush=True)
+    # Quiet workers unless the user asked for a level: the demo prints its own progress.
+    quiet = (
+        demo if env_name("log_level") in os.environ else msgspec.structs.replace(demo, log_level="WARNING")
+    )
     with open(log_dir / "worker.log", "wb") as log_file:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "workers", "worker", "--processes", str(n_proc)],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        worker = start_workers(quiet, log=log_file, processes=n_proc)
         try:
-            _wait_for_workers(demo, worker)
+            try:
+                wait_ready(demo, worker)
+            except RuntimeError as exc:
+                raise SystemExit(f"the demo workers did not start ({exc}): see .demo/worker.log") from None
             return _drive(app, demo, db_url, ids, live)
         finally:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
+            stop_workers(worker)
             app.broker.close()
             print("workers stopped (log: .demo/worker.log)")
-
-
-def _wait_for_workers(settings: Settings, worker: subprocess.Popen[bytes]) -> None:
-    """Workers heartbeat into the broker once they consume: wait for that before timing anything."""
-    if not settings.broker_url.startswith("redis"):
-        time.sleep(3)
-        return
-    client = redis.Redis.from_url(settings.broker_url)
-    deadline = time.monotonic() + 60
-    while not client.zcard(f"{settings.broker_namespace}:__heartbeats__"):
-        if worker.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("the demo workers did not start: see .demo/worker.log")
-        time.sleep(0.1)
-    client.close()
 
 
 def _drive(app: Any, settings: Settings, db_url: str, ids: list[int], live: int) -> int:

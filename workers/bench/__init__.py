@@ -1,0 +1,1 @@
+"""Benchmarks: every scenario runs its baseline in the same run (``catfleet bench ...``)."""

@@ -1,0 +1,88 @@
+"""Starting and stopping ``catfleet worker`` child processes (the demo and the benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import msgspec
+import redis
+
+from pipeline.settings import Settings
+from workers.config import ENV_PREFIX, env_name
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """An environment that makes a child process build exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    for field, value in msgspec.structs.asdict(settings).items():
+        env[env_name(field)] = str(value)
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+def start_workers(
+    settings: Settings,
+    *,
+    log: IO[bytes],
+    processes: int | None = None,
+    threads: int | None = None,
+    boot: str | None = None,
+    **env: str,
+) -> subprocess.Popen[bytes]:
+    """``catfleet worker`` in its own process group, output to ``log``."""
+    argv = [sys.executable, "-m", "workers", "worker"]
+    if boot:
+        argv += ["--boot", boot]
+    if processes:
+        argv += ["--processes", str(processes)]
+    if threads:
+        argv += ["--threads", str(threads)]
+    return subprocess.Popen(
+        argv,
+        env=settings_env(settings, **env),
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_ready(settings: Settings, proc: subprocess.Popen[bytes], *, timeout: float = 60.0) -> None:
+    """Redis-broker workers heartbeat once they consume; RabbitMQ ones get a fixed grace."""
+    if not settings.broker_url.startswith("redis"):
+        time.sleep(3)
+        return
+    client = redis.Redis.from_url(settings.broker_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while not client.zcard(f"{settings.broker_namespace}:__heartbeats__"):
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited with code {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker not ready after {timeout}s")
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
+def stop_workers(proc: subprocess.Popen[bytes], *, timeout: float = 30.0) -> int:
+    """SIGTERM the group (Dramatiq drains), SIGKILL after ``timeout``."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+    return proc.returncode
