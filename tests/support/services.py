@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -68,13 +69,20 @@ def isolated_settings(**overrides: Any) -> Iterator[Settings]:
         worker_processes=1,
         worker_threads=2,
         log_level="INFO",
-        **overrides,
+        **{"metrics_port": free_port(), **overrides},
     )
     try:
         yield settings
     finally:
         flush_namespace(settings)
         drop_database(base.database_url, name)
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def flush_namespace(settings: Settings) -> None:
