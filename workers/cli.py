@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     from workers.status import add_parser as add_status_parser
 
     add_status_parser(sub)
+    from workers.exposition import add_parser as add_exporter_parser
+
+    add_exporter_parser(sub)
 
     p = sub.add_parser("settings", help="print the effective settings (passwords redacted)")
     p.set_defaults(func=cmd_settings)

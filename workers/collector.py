@@ -62,7 +62,8 @@ class BrokerCollector(Collector):
         yield from (ready, delayed, dead, age, replays, purges)
         if seen is not None:
             workers = GaugeMetricFamily(
-                "catfleet_broker_workers", "Worker processes with a fresh broker heartbeat (Redis broker)."
+                "catfleet_broker_workers",
+                "Broker clients with a fresh heartbeat: worker processes, and producers while they enqueue.",
             )
             workers.add_metric([], seen)
             yield workers

@@ -96,3 +96,26 @@ def serve() -> int:
         server.server_close()
         app.broker.close()
     return 0
+
+
+def cmd_exporter(settings: Any, args: Any) -> int:
+    """``catfleet exporter``: the same server without workers (queue depths for a fleet scaled to
+    zero, or a scrape target apart from the workers). Execs a fresh interpreter so that the
+    multiprocess directory is set before prometheus_client is imported."""
+    import os
+    import sys
+
+    from workers.middleware.prometheus import metrics_env
+
+    if not settings.metrics_port:
+        raise SystemExit("catfleet exporter: CATFLEET_METRICS_PORT is 0 (metrics off)")
+    env = dict(os.environ, **metrics_env(settings))
+    argv = [sys.executable, "-c", "from workers.exposition import serve; raise SystemExit(serve())"]
+    sys.stdout.flush()
+    os.execve(sys.executable, argv, env)
+    return 0  # pragma: no cover
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("exporter", help="serve /metrics (queue depths), /healthz, /readyz without workers")
+    p.set_defaults(func=cmd_exporter)

@@ -40,6 +40,12 @@ CACHE_RESULTS = ("hit", "miss", "error")
 BREAKER_STATES = ("closed", "half_open", "open")
 CONFLICT_REASONS = ("user_owned", "unchanged")
 
+WORKER_PROCESSES = Gauge(
+    "catfleet_worker_processes",
+    "Live Dramatiq worker processes on this host (set at process boot, removed at shutdown).",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
 BATCH_SIZE = Histogram(
     "catfleet_batch_size",
     "Expense IDs per processed batch message.",

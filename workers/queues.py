@@ -101,7 +101,8 @@ def queue_stats(broker: dramatiq.Broker) -> list[QueueStats]:
 
 
 def workers_seen(broker: dramatiq.Broker) -> int | None:
-    """Worker processes whose heartbeat is fresher than the heartbeat timeout (Redis broker only)."""
+    """Broker clients whose heartbeat is fresher than the heartbeat timeout (Redis broker only).
+    Dramatiq beats on every broker call, so a producer counts too while it enqueues."""
     if not isinstance(broker, RedisBroker):
         return None
     since = int(time.time() * 1000) - HEARTBEAT_TIMEOUT_MS

@@ -106,7 +106,8 @@ def render(status: Status) -> str:
         lines.append("workers    unknown (heartbeats are kept by the Redis broker only)")
     else:
         lines.append(
-            f"workers    {status.workers_seen} process(es) seen in the last {HEARTBEAT_TIMEOUT_MS // 1000} s"
+            f"workers    {status.workers_seen} broker client(s) seen in the last {HEARTBEAT_TIMEOUT_MS // 1000} s"
+            " (worker processes; a producer too while it enqueues)"
         )
     if status.database_error:
         lines.append(f"ruleset    unknown: PostgreSQL: {status.database_error}")

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from typing import Any
 
 from dramatiq.middleware.prometheus import DB_PATH, Prometheus
 
@@ -47,6 +48,12 @@ def use_multiproc_dir() -> None:
 
 class FleetPrometheus(Prometheus):
     """Dramatiq's ``Prometheus`` middleware; only its fork (the HTTP server) is ours."""
+
+    def after_process_boot(self, broker: Any) -> None:
+        super().after_process_boot(broker)
+        from workers import metrics  # after the parent class has set the directory
+
+        metrics.WORKER_PROCESSES.set(1)
 
     @property
     def forks(self) -> list[Callable[[], int]]:
