@@ -66,3 +66,6 @@ WHERE e.deleted_at IS NULL
   AND (%(user_id)s::bigint IS NULL OR e.user_id = %(user_id)s::bigint)
 ORDER BY e.id
 """
+
+#: The current ruleset version (bumped by every pattern change), for ``catfleet status``.
+RULESET_VERSION: LiteralString = "SELECT version FROM ruleset"

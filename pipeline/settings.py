@@ -59,6 +59,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: Log level and format (``json`` or ``text``).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
+    #: Metrics and health server of ``catfleet worker`` (one per host): port (0: off) and address.
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9191
+    metrics_host: str = "127.0.0.1"
+    #: Prometheus multiprocess directory, cleared at worker start; empty: a per-port temp dir.
+    metrics_dir: str = ""
+    #: On SIGTERM, how long a worker waits for in-flight batches before it stops anyway (ms).
+    worker_shutdown_timeout_ms: Annotated[int, msgspec.Meta(ge=100, le=3_600_000)] = 30_000
 
     def __post_init__(self) -> None:
         if self.suggest_threshold > self.auto_threshold:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from typing import Any, TypeVar
 
 import dramatiq
@@ -57,6 +58,10 @@ def declare_actors(broker: dramatiq.Broker, holder: RuntimeHolder) -> dict[str, 
                 "duration_ms": report.duration_ms,
             },
         )
+        from workers import metrics  # late: prometheus_client only after its directory is set
+
+        latency_s = time.time() - message.message_timestamp / 1000 if message else None
+        metrics.record_batch(report, actor_name=CATEGORIZE_ACTOR, latency_s=latency_s)
 
     categorize = dramatiq.actor(
         broker=broker,

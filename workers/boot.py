@@ -3,11 +3,16 @@
 Settings are read from the environment here, at the edge, once per process.
 """
 
-from workers.app import build_app
 from workers.config import settings_from_env
-from workers.logs import setup_logging
+from workers.middleware.prometheus import use_multiproc_dir
 
 settings = settings_from_env()
+if settings.metrics_port:
+    use_multiproc_dir()  # before anything imports prometheus_client (a bare `dramatiq` run too)
+
+from workers.app import build_app  # noqa: E402
+from workers.logs import setup_logging  # noqa: E402
+
 setup_logging(settings)
 app = build_app(settings)
 broker = app.broker

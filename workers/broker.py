@@ -17,6 +17,8 @@ from dramatiq.middleware import (
 
 from pipeline.settings import Settings
 from workers.encoder import MsgspecEncoder
+from workers.middleware.failure_log import LogFailures
+from workers.middleware.prometheus import FleetPrometheus
 from workers.middleware.retries import SafeRetries
 
 #: A killed worker's unacked messages return after this long without its heartbeat (ms).
@@ -34,11 +36,14 @@ def build_broker(settings: Settings, *, extra_middleware: list[Middleware] | Non
     as Dramatiq's global broker (Dramatiq's CLI and actors look it up there)."""
     dramatiq.set_encoder(MsgspecEncoder())
     middleware: list[Middleware] = [
+        # Dramatiq's per-actor metrics and the host's /metrics, /healthz, /readyz server (off: port 0).
+        *([FleetPrometheus()] if settings.metrics_port else []),
         AgeLimit(),
         TimeLimit(time_limit=settings.time_limit_ms),
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
+        LogFailures(),  # before the retries: it then sees their decision (after_* run in reverse)
         SafeRetries(
             max_retries=settings.max_retries,
             min_backoff=settings.min_backoff_ms,

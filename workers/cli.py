@@ -74,16 +74,21 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.middleware.prometheus import metrics_env
+
     prefetch = settings.worker_prefetch or 2 * settings.worker_threads
     env = dict(
         os.environ,
         dramatiq_queue_prefetch=str(prefetch),
         dramatiq_worker_timeout=str(settings.worker_idle_poll_ms),
     )
+    if settings.metrics_port:
+        env.update(metrics_env(settings))  # before Dramatiq or prometheus_client is imported
     argv = [
         sys.executable, "-m", "dramatiq", args.boot,
         "--processes", str(args.processes or settings.worker_processes),
         "--threads", str(args.threads or settings.worker_threads),
+        "--worker-shutdown-timeout", str(settings.worker_shutdown_timeout_ms),
         "--skip-logging",
     ]  # fmt: skip
     if args.queues:
@@ -133,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=500)
     p.add_argument("--processes", type=int, help="worker processes (default: CATFLEET_WORKER_PROCESSES)")
     p.set_defaults(func=cmd_demo)
+
+    from workers.status import add_parser as add_status_parser
+
+    add_status_parser(sub)
+    from workers.exposition import add_parser as add_exporter_parser
+
+    add_exporter_parser(sub)
 
     p = sub.add_parser("settings", help="print the effective settings (passwords redacted)")
     p.set_defaults(func=cmd_settings)

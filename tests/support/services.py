@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +22,7 @@ from psycopg.conninfo import make_conninfo
 from pipeline.migrate import migrate
 from pipeline.settings import DEFAULT_DATABASE_URL, Settings
 from workers.config import env_name, settings_from_env
+from workers.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -68,7 +69,7 @@ def isolated_settings(**overrides: Any) -> Iterator[Settings]:
         worker_processes=1,
         worker_threads=2,
         log_level="INFO",
-        **overrides,
+        **{"metrics_port": free_port(), **overrides},
     )
     try:
         yield settings
@@ -110,7 +111,15 @@ def wait_for(
 class WorkerProcess:
     """``catfleet worker`` as a real child process (its own process group)."""
 
-    def __init__(self, settings: Settings, log_path: Path, *, processes: int = 1, threads: int = 2):
+    def __init__(
+        self,
+        settings: Settings,
+        log_path: Path,
+        *,
+        processes: int = 1,
+        threads: int = 2,
+        extra_args: Sequence[str] = (),
+    ):
         self.settings = settings
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -124,6 +133,7 @@ class WorkerProcess:
                 str(processes),
                 "--threads",
                 str(threads),
+                *extra_args,
             ],
             env=settings_env(settings),
             cwd=ROOT,

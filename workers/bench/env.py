@@ -19,7 +19,7 @@ from pipeline.dbadmin import create_database, dbname, drop_database
 from pipeline.settings import Settings
 from workers.app import App, build_app
 from workers.demo.data import load_demo_data
-from workers.procs import start_workers, stop_workers, wait_ready
+from workers.procs import free_port, start_workers, stop_workers, wait_ready
 
 RESULTS_DIR = Path("bench-results")
 
@@ -87,7 +87,12 @@ def bench_env(settings: Settings, **overrides: Any) -> Iterator[BenchEnv]:
     name = f"{dbname(settings.database_url) or 'catfleet'}_bench_{suffix}"
     url = create_database(settings.database_url, name)
     s = msgspec.structs.replace(
-        settings, database_url=url, broker_namespace=f"cfbench-{suffix}", log_level="WARNING", **overrides
+        settings,
+        database_url=url,
+        broker_namespace=f"cfbench-{suffix}",
+        log_level="WARNING",
+        metrics_port=free_port(),  # metrics on, as in production, on a port of our own
+        **overrides,
     )
     app = build_app(s)
     log_dir = RESULTS_DIR / "logs"

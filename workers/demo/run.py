@@ -18,7 +18,7 @@ from pipeline.settings import Settings
 from workers.app import build_app
 from workers.config import env_name
 from workers.demo.data import load_demo_data
-from workers.procs import start_workers, stop_workers, wait_ready
+from workers.procs import free_port, start_workers, stop_workers, wait_ready
 from workers.producer import Producer
 
 DEMO_NAMESPACE = "catfleet-demo"
@@ -58,7 +58,9 @@ def run_demo(settings: Settings, *, expenses: int, users: int, processes: int | 
     check_services(settings)
     db_url = demo_database_url(settings)
     create_database(settings.database_url, dbname(db_url), exist_ok=True)
-    demo = msgspec.structs.replace(settings, database_url=db_url, broker_namespace=DEMO_NAMESPACE)
+    demo = msgspec.structs.replace(
+        settings, database_url=db_url, broker_namespace=DEMO_NAMESPACE, metrics_port=free_port()
+    )
     with psycopg.connect(db_url, autocommit=True) as conn:
         print(f"loading {expenses:,} demo expenses for {users:,} users ...", flush=True)
         ids = load_demo_data(conn, expenses=expenses, users=users)

@@ -1,0 +1,206 @@
+"""The metrics and health endpoint of a real ``catfleet worker`` (and ``catfleet exporter``),
+scraped during and after real runs against the real Redis broker and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psycopg
+import pytest
+
+from pipeline.settings import Settings
+from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE
+from tests.support import data
+from tests.support.pgserver import PostgresServer
+from tests.support.scrape import Scrape, answers, get_json, scrape
+from tests.support.services import ROOT, WorkerProcess, settings_env, wait_for
+from workers.app import App, build_app
+from workers.producer import Producer
+from workers.queues import record_dead_letter_action
+
+ACTOR = {"queue_name": CATEGORIZE_QUEUE, "actor_name": CATEGORIZE_ACTOR}
+WRITTEN_OUTCOMES = ("categorized", "suggested", "uncategorized")
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[App]:
+    a = build_app(settings)
+    yield a
+    a.broker.close()
+
+
+def count_rows(conn: psycopg.Connection[Any]) -> int:
+    return conn.execute("SELECT count(*) FROM categorizations").fetchone()[0]  # type: ignore[index]
+
+
+def depth(s: Scrape) -> float | None:
+    return s.value("catfleet_queue_messages", queue=CATEGORIZE_QUEUE)
+
+
+def test_metrics_count_exactly_what_the_worker_did(
+    worker: WorkerProcess, app: App, conn: psycopg.Connection[Any], cats: dict[str, int], settings: Settings
+) -> None:
+    port = settings.metrics_port
+    wait_for(lambda: answers(port), what="metrics server")
+    ids = data.add_expenses(conn, ["PAYPAL *STARBUCKS 402935", "WALMART", "JOE'S PIZZA", "ZQX UNKNOWN"] * 50)
+    report = Producer(app.broker, batch_size=10).enqueue([*ids, 10**15, 10**15 + 1])
+    during = scrape(port)  # while the backlog runs
+    wait_for(lambda: count_rows(conn) == len(ids), what="every row written")
+    done = wait_for(
+        lambda: (s := scrape(port)).value("dramatiq_messages_total", **ACTOR) == report.messages and s,
+        what="every message counted",
+    )
+    # Dramatiq's per-actor metrics: the histogram counted every processed message, no errors.
+    assert done.value("dramatiq_message_duration_milliseconds_count", **ACTOR) == report.messages
+    assert done.total("dramatiq_message_errors_total") == 0
+    assert (during.value("dramatiq_messages_total", **ACTOR) or 0) <= report.messages
+    # Domain metrics: outcomes equal the rows written; unknown ids are missing.
+    written = sum(done.total("catfleet_expenses_total", outcome=o) for o in WRITTEN_OUTCOMES)
+    assert written == count_rows(conn) == len(ids)
+    assert done.value("catfleet_categorizations_written_total") == len(ids)
+    assert done.value("catfleet_expenses_total", outcome="missing") == 2
+    assert done.value("catfleet_batch_size_count", actor_name=CATEGORIZE_ACTOR) == report.messages
+    assert done.value("catfleet_batch_size_sum", actor_name=CATEGORIZE_ACTOR) == report.ids
+    assert done.value("catfleet_end_to_end_seconds_count") == report.messages
+    assert done.total("catfleet_cache_lookups_total", tier="l1") > 0
+    assert done.value("catfleet_broker_up") == 1
+    assert depth(done) == 0
+    assert done.value("catfleet_worker_processes") == 1
+    assert (done.value("catfleet_broker_workers") or 0) >= 1  # heartbeats (this producer's too)
+    # The same messages again change nothing: counted as unchanged write conflicts.
+    Producer(app.broker, batch_size=50).enqueue(ids)
+    again = wait_for(
+        lambda: (
+            (s := scrape(port)).value("catfleet_write_conflicts_total", reason="unchanged") == len(ids) and s
+        ),
+        what="unchanged rows counted",
+    )
+    assert again.value("catfleet_categorizations_written_total") == len(ids)
+
+
+def test_queue_depth_follows_a_real_backlog_and_status_reports_it(
+    app: App, conn: psycopg.Connection[Any], cats: dict[str, int], settings: Settings, tmp_path: Path
+) -> None:
+    port = settings.metrics_port
+    env = settings_env(settings)
+    # No workers yet: the standalone exporter serves the broker's view.
+    exporter = subprocess.Popen(
+        [sys.executable, "-m", "workers", "exporter"], env=env, cwd=ROOT, start_new_session=True
+    )
+    try:
+        wait_for(lambda: answers(port), what="exporter")
+        assert depth(scrape(port)) == 0
+        ids = data.add_expenses(conn, ["STARBUCKS"] * 60)
+        report = Producer(app.broker, batch_size=2).enqueue(ids)
+        bad = Producer.batch_message([1]).copy(args=({"expense_ids": "1"},))
+        app.broker.enqueue(bad)  # will be dead-lettered
+        s = scrape(port)
+        assert depth(s) == report.messages + 1
+        assert s.value("catfleet_queue_dead_letters", queue=CATEGORIZE_QUEUE) == 0
+        wait_for(
+            lambda: (
+                (scrape(port).value("catfleet_queue_oldest_message_age_seconds", queue=CATEGORIZE_QUEUE) or 0)
+                > 0.05
+            ),
+            what="oldest age grows",
+        )
+        assert scrape(port).value("catfleet_worker_processes") is None  # no workers on this host
+        record_dead_letter_action(app.broker, CATEGORIZE_QUEUE, "replayed", 3)
+        assert scrape(port).value("catfleet_dead_letter_replays_total", queue=CATEGORIZE_QUEUE) == 3
+        out = subprocess.run(
+            [sys.executable, "-m", "workers", "status", "--json"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        status = json.loads(out.stdout)
+        [q] = status["queues"]
+        assert (q["queue"], q["ready"], q["dead"], q["replayed"]) == (
+            CATEGORIZE_QUEUE,
+            report.messages + 1,
+            0,
+            3,
+        )
+        assert status["ruleset_version"] >= 1
+        assert status["readiness"]["status"] == "ready"
+        text = subprocess.run(
+            [sys.executable, "-m", "workers", "status"], env=env, cwd=ROOT, capture_output=True, text=True
+        )
+        assert text.returncode == 0
+        assert f"{CATEGORIZE_QUEUE} " in text.stdout and str(report.messages + 1) in text.stdout
+    finally:
+        os.killpg(exporter.pid, signal.SIGTERM)
+        exporter.wait(timeout=30)
+    # A real worker drains it; the gauge follows down to zero, the bad one is dead-lettered.
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    try:
+        worker.wait_ready()
+        wait_for(lambda: answers(port), what="worker metrics server")
+        wait_for(lambda: depth(scrape(port)) == 0, what="backlog drained")
+        wait_for(lambda: count_rows(conn) == len(ids), what="rows")
+        s = wait_for(
+            lambda: (
+                (s := scrape(port)).value("catfleet_queue_dead_letters", queue=CATEGORIZE_QUEUE) == 1 and s
+            ),
+            what="dead letter counted",
+        )
+        assert s.value("catfleet_queue_oldest_message_age_seconds", queue=CATEGORIZE_QUEUE) == 0
+        assert s.value("dramatiq_message_rejects_total", **ACTOR) == 1
+        assert s.value("catfleet_worker_processes") == 1
+    finally:
+        worker.stop()
+    failures = [json.loads(line) for line in worker.log().splitlines() if '"event":"failure"' in line]
+    assert [(f["message_id"], f["dead"], f["error_type"]) for f in failures] == [
+        (bad.message_id, True, "InvalidMessage")
+    ]
+
+
+def test_readiness_follows_postgresql(settings: Settings, tmp_path: Path) -> None:
+    pg = PostgresServer()
+    try:
+        pg.start()
+        own = msgspec.structs.replace(settings, database_url=pg.create_database())
+        worker = WorkerProcess(own, tmp_path / "worker.log")
+        try:
+            worker.wait_ready()
+            port = own.metrics_port
+            wait_for(lambda: answers(port), what="metrics server")
+            assert get_json(port, "/healthz") == (200, {"status": "ok"})
+            code, body = get_json(port, "/readyz")
+            assert (code, body["status"], body["database"], body["broker"]) == (
+                200,
+                "ready",
+                {"ok": True},
+                {"ok": True},
+            )
+            pg.stop()
+            code, body = wait_for(lambda: (r := get_json(port, "/readyz"))[0] == 503 and r, what="unready")
+            assert body["status"] == "unready" and body["database"]["ok"] is False
+            assert body["broker"] == {"ok": True}
+            assert get_json(port, "/healthz")[0] == 200  # alive: do not restart it for this
+            pg.start()
+            code, body = wait_for(
+                lambda: (r := get_json(port, "/readyz"))[0] == 200 and r, what="ready again"
+            )
+            assert body["status"] == "ready"
+        finally:
+            worker.stop()
+    finally:
+        pg.cleanup()
+
+
+def test_importing_the_workers_does_not_import_prometheus_client() -> None:
+    """prometheus_client must be imported only after the multiprocess directory is set."""
+    code = "import sys, workers, workers.app, workers.cli, workers.exposition; print('prometheus_client' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

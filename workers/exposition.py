@@ -1,0 +1,121 @@
+"""The host's one HTTP server, run by Dramatiq as a fork process of ``catfleet worker``:
+
+- ``/metrics``: every worker process's metrics (Dramatiq's per-actor ones and catfleet's own,
+  merged from the multiprocess directory) plus the broker's queue statistics read now;
+- ``/healthz``: liveness, 200 while this server answers;
+- ``/readyz``: readiness, 200 when the broker and PostgreSQL answer (``degraded`` when the L2
+  cache breaker is open: lookups go to PostgreSQL), 503 otherwise; a JSON body says why.
+
+Host, port and directory are Dramatiq's (``dramatiq_prom_host`` / ``_port`` / ``_db``), which
+``catfleet worker`` maps from ``CATFLEET_METRICS_HOST`` / ``_PORT`` / ``_DIR``.
+"""
+
+from __future__ import annotations
+
+import logging
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+from workers.middleware.prometheus import use_multiproc_dir
+
+log = logging.getLogger(__name__)
+
+
+class ExpositionServer(HTTPServer):
+    """Single-threaded on purpose: scrapes and probes are rare, and the broker and database
+    clients it uses are then never shared between threads."""
+
+    def __init__(self, address: tuple[str, int], *, settings: Any, broker: Any, registry: Any, workers: Any):
+        super().__init__(address, _Handler)
+        self.settings = settings
+        self.broker = broker
+        self.registry = registry
+        self.workers = workers  # the worker processes' metrics only (for the breaker state)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ExpositionServer
+
+    def do_GET(self) -> None:
+        import msgspec
+        import prometheus_client as prom
+
+        from workers.health import readiness
+
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, prom.CONTENT_TYPE_LATEST, prom.generate_latest(self.server.registry))
+        elif path == "/healthz":
+            self._send(200, "application/json", b'{"status":"ok"}')
+        elif path == "/readyz":
+            ready = readiness(self.server.settings, self.server.broker, self.server.workers.collect())
+            self._send(200 if ready.ready else 503, "application/json", msgspec.json.encode(ready))
+        else:
+            self._send(404, "text/plain", b"not found: try /metrics, /healthz or /readyz\n")
+
+    def _send(self, code: int, content_type: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug(format, *args)
+
+
+def serve() -> int:
+    """Dramatiq fork function: serve until SIGTERM (Dramatiq raises SystemExit in here)."""
+    use_multiproc_dir()  # before prometheus_client is imported in this process
+    from dramatiq.middleware.prometheus import DB_PATH, HTTP_HOST, HTTP_PORT
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from workers.app import build_app
+    from workers.collector import BrokerCollector
+    from workers.config import settings_from_env
+    from workers.logs import setup_logging
+
+    settings = settings_from_env()
+    setup_logging(settings)
+    app = build_app(settings)
+    registry = CollectorRegistry()
+    workers = MultiProcessCollector(registry, path=DB_PATH)
+    registry.register(BrokerCollector(app.broker))
+    try:
+        server = ExpositionServer(
+            (HTTP_HOST, HTTP_PORT), settings=settings, broker=app.broker, registry=registry, workers=workers
+        )
+    except OSError as exc:
+        log.error("metrics server cannot listen on %s:%s: %s", HTTP_HOST, HTTP_PORT, exc)
+        return 1
+    log.info("metrics and health on http://%s:%s/ (/metrics, /healthz, /readyz)", HTTP_HOST, HTTP_PORT)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        app.broker.close()
+    return 0
+
+
+def cmd_exporter(settings: Any, args: Any) -> int:
+    """``catfleet exporter``: the same server without workers (queue depths for a fleet scaled to
+    zero, or a scrape target apart from the workers). Execs a fresh interpreter so that the
+    multiprocess directory is set before prometheus_client is imported."""
+    import os
+    import sys
+
+    from workers.middleware.prometheus import metrics_env
+
+    if not settings.metrics_port:
+        raise SystemExit("catfleet exporter: CATFLEET_METRICS_PORT is 0 (metrics off)")
+    env = dict(os.environ, **metrics_env(settings))
+    argv = [sys.executable, "-c", "from workers.exposition import serve; raise SystemExit(serve())"]
+    sys.stdout.flush()
+    os.execve(sys.executable, argv, env)
+    return 0  # pragma: no cover
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("exporter", help="serve /metrics (queue depths), /healthz, /readyz without workers")
+    p.set_defaults(func=cmd_exporter)

@@ -1,0 +1,163 @@
+"""catfleet's own Prometheus metrics: every domain metric object is defined here, in one place.
+
+Per-actor metrics (latency, counts, errors, retries, dead letters) come from Dramatiq's own
+``Prometheus`` middleware and are not repeated here. Queue depths are read from the broker at
+scrape time (``workers.collector``). Everything lands on the one endpoint per host served by
+``workers.exposition``.
+
+Multiprocess rule: ``prometheus_client`` must be imported *after* ``PROMETHEUS_MULTIPROC_DIR``
+is set, or the values stay in process memory and never reach the endpoint. ``catfleet worker``
+sets it before it execs Dramatiq, and ``workers.boot`` sets it for a bare ``dramatiq`` run.
+
+To add a metric: define it below with a bounded label set, list it in the README's metrics
+table, and record it through a small function here so callers never touch label names.
+Helpers elsewhere use:
+
+- ``record_batch(report, actor_name=..., latency_s=...)``: the batch actor, once per batch;
+- ``set_breaker_state(state)`` / ``count_breaker_transition(new_state)``, or
+  ``BreakerMetricsListener()`` handed to ``pybreaker.CircuitBreaker(listeners=[...])``;
+- ``count_fallback_lookups(n)``: lookups sent to PostgreSQL because L2 was unavailable
+  (``record_batch`` already counts the ``<tier>_error`` keys of a batch's cache stats);
+- ``workers.collector.record_dead_letter_action(...)`` for replays and purges (stored in the
+  broker's Redis so the count does not depend on which host ran the command).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pybreaker
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+#: The registry of the metrics below (read directly only in single-process use, e.g. tests;
+#: in a worker the values go to the multiprocess directory and the endpoint reads them there).
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+OUTCOMES = ("categorized", "suggested", "uncategorized", "missing", "user_kept")
+CACHE_TIERS = ("l1", "l2", "l3")
+CACHE_RESULTS = ("hit", "miss", "error")
+BREAKER_STATES = ("closed", "half_open", "open")
+CONFLICT_REASONS = ("user_owned", "unchanged")
+
+WORKER_PROCESSES = Gauge(
+    "catfleet_worker_processes",
+    "Live Dramatiq worker processes on this host (set at process boot, removed at shutdown).",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "catfleet_batch_size",
+    "Expense IDs per processed batch message.",
+    ["actor_name"],
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+    registry=REGISTRY,
+)
+EXPENSES = Counter(
+    "catfleet_expenses",
+    "Expenses processed, by outcome (categorized, suggested, uncategorized, missing, user_kept).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+ROWS_WRITTEN = Counter(
+    "catfleet_categorizations_written",
+    "Categorization rows inserted or changed by the upsert.",
+    registry=REGISTRY,
+)
+WRITE_CONFLICTS = Counter(
+    "catfleet_write_conflicts",
+    "Rows not written: user_owned (the user chose the category) or unchanged (same result again).",
+    ["reason"],
+    registry=REGISTRY,
+)
+END_TO_END = Histogram(
+    "catfleet_end_to_end_seconds",
+    "From the message's enqueue (its timestamp) to the batch's commit, per batch.",
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+    registry=REGISTRY,
+)
+CACHE_LOOKUPS = Counter(
+    "catfleet_cache_lookups",
+    "Merchant-pattern lookups by cache tier (l1 in-process, l2 Redis Cluster, l3 PostgreSQL) and result.",
+    ["tier", "result"],
+    registry=REGISTRY,
+)
+FALLBACK_LOOKUPS = Counter(
+    "catfleet_cache_fallback_lookups",
+    "Lookups sent straight to PostgreSQL because the L2 cache was unavailable (breaker open or error).",
+    registry=REGISTRY,
+)
+BREAKER_STATE = Gauge(
+    "catfleet_cache_breaker_state",
+    "Worker processes whose L2 cache breaker is in this state (closed, half_open, open).",
+    ["state"],
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
+BREAKER_TRANSITIONS = Counter(
+    "catfleet_cache_breaker_transitions",
+    "L2 cache breaker state changes, by the state entered.",
+    ["state"],
+    registry=REGISTRY,
+)
+
+
+def _tier_result(key: str) -> tuple[str, str] | None:
+    tier, _, result = key.partition("_")
+    if tier in CACHE_TIERS and result in CACHE_RESULTS:
+        return tier, result
+    return None
+
+
+def record_batch(report: Any, *, actor_name: str, latency_s: float | None) -> None:
+    """Count one ``pipeline.categorize.BatchReport`` (duck-typed: keeps this module Dramatiq-free)."""
+    BATCH_SIZE.labels(actor_name).observe(report.requested)
+    for outcome, n in report.outcomes.items():
+        if outcome in OUTCOMES and n:
+            EXPENSES.labels(outcome).inc(n)
+    if report.written:
+        ROWS_WRITTEN.inc(report.written)
+    user_kept = report.outcomes.get("user_kept", 0)
+    if user_kept:
+        WRITE_CONFLICTS.labels("user_owned").inc(user_kept)
+    if report.unchanged:
+        WRITE_CONFLICTS.labels("unchanged").inc(report.unchanged)
+    record_cache_stats(report.cache)
+    if latency_s is not None:
+        END_TO_END.observe(max(latency_s, 0.0))
+
+
+def record_cache_stats(stats: Mapping[str, int]) -> None:
+    """Count ``{'<tier>_<hit|miss|error>': n}``; a tier's errors are lookups that fell back."""
+    for key, n in stats.items():
+        parsed = _tier_result(key)
+        if parsed is None or not n:
+            continue  # unknown keys are ignored: label values stay bounded
+        CACHE_LOOKUPS.labels(*parsed).inc(n)
+        if parsed[1] == "error" and parsed[0] != "l3":
+            FALLBACK_LOOKUPS.inc(n)
+
+
+def count_fallback_lookups(n: int = 1) -> None:
+    FALLBACK_LOOKUPS.inc(n)
+
+
+def set_breaker_state(state: str) -> None:
+    """This process's breaker is now in ``state`` (closed, half_open or open)."""
+    state = state.replace("-", "_")
+    if state not in BREAKER_STATES:
+        raise ValueError(f"unknown breaker state {state!r}")
+    for s in BREAKER_STATES:
+        BREAKER_STATE.labels(s).set(1 if s == state else 0)
+
+
+def count_breaker_transition(new_state: str) -> None:
+    set_breaker_state(new_state)
+    BREAKER_TRANSITIONS.labels(new_state.replace("-", "_")).inc()
+
+
+class BreakerMetricsListener(pybreaker.CircuitBreakerListener):
+    """Hand to ``pybreaker.CircuitBreaker(listeners=[...])``: state and transitions, recorded."""
+
+    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
+        count_breaker_transition(str(new_state.name))
