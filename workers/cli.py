@@ -11,6 +11,7 @@ from typing import TextIO
 
 from pipeline.errors import CatfleetError
 from pipeline.settings import Settings
+from workers import relay_bench, relay_cli, schema_cli
 
 
 def _read_ids(stream: TextIO) -> Iterator[int]:
@@ -131,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("settings", help="print the effective settings (passwords redacted)")
     p.set_defaults(func=cmd_settings)
+
+    relay_cli.add_parser(sub)
+    schema_cli.add_parser(sub)
+    relay_bench.add_parser(sub)
     return parser
 
 
