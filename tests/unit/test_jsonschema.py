@@ -25,10 +25,10 @@ def test_every_committed_schema_belongs_to_a_message() -> None:
 
 
 def test_payloads_and_queues() -> None:
-    assert PAYLOADS == {
+    assert {
         "categorize_batch": (CATEGORIZE_QUEUE, CategorizeBatch),
         "learn_from_correction": (LEARN_QUEUE, Correction),
-    }
+    } == PAYLOADS
 
 
 def test_schema_states_the_limits() -> None:
