@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from pipeline.errors import BrokerUnavailable
 from pipeline.settings import Settings
 from tests.support import data
 from tests.support.broker import queued_messages
-from tests.support.processes import RelayProcess
+from tests.support.processes import RelayProcess, free_port
 from tests.support.services import WorkerProcess, wait_for
 from workers.app import App, build_app
 from workers.producer import Producer
@@ -187,7 +188,8 @@ def test_two_relays_never_send_the_same_request_twice(
 def test_relay_is_woken_by_notify_not_the_poll(
     conn: psycopg.Connection[Any], requests_table: None, settings: Settings, tmp_path: Path
 ) -> None:
-    slow_poll = msgspec.structs.replace(settings, relay_poll_seconds=600.0)
+    port = free_port()
+    slow_poll = msgspec.structs.replace(settings, relay_poll_seconds=600.0, relay_metrics_port=port)
     relay = RelayProcess(slow_poll, tmp_path / "relay.log")
     try:
         relay.wait_listening(settings.database_url)
@@ -197,8 +199,21 @@ def test_relay_is_woken_by_notify_not_the_poll(
             lambda: outbox.backlog(conn).pending == 0, timeout=30, what="sent long before the 600 s poll"
         )
         assert sent_ids(settings) == Counter({42: 1})
+        metrics = wait_for(lambda: "catfleet_relay_lag_seconds" in (m := scrape(port)) and m, what="metrics")
+        assert "catfleet_relay_requests_sent_total 1.0" in metrics
+        assert "catfleet_relay_messages_sent_total 1.0" in metrics
+        assert "catfleet_relay_pending_requests 0.0" in metrics
+        assert "catfleet_relay_delay_seconds_count 1.0" in metrics
     finally:
         relay.stop()
+
+
+def scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+    except OSError:
+        return ""
 
 
 def test_burst_of_inserted_expenses_is_drained_and_categorized(
