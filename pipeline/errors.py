@@ -49,3 +49,7 @@ class DatabaseError(PermanentError):
 
 class CacheUnavailable(TransientError):
     """The pattern cache (Redis) failed or its breaker is open."""
+
+
+class BrokerUnavailable(TransientError):
+    """The broker refused or dropped an enqueue; the messages may be sent again later."""

@@ -69,3 +69,45 @@ ORDER BY e.id
 
 #: The current ruleset version (bumped by every pattern change), for ``catfleet status``.
 RULESET_VERSION: LiteralString = "SELECT version FROM ruleset"
+#: Outbox (0003): a relay claims pending requests in id order; rows another relay holds are
+#: skipped, so several relays share the work. Age is measured on the database's clock.
+CLAIM_REQUESTS: LiteralString = """
+SELECT id, expense_id, correlation_id, extract(epoch FROM clock_timestamp() - created_at)::float8 AS age
+FROM categorization_requests
+WHERE sent_at IS NULL
+ORDER BY id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+"""
+
+#: In the claiming transaction, after the messages are in the broker.
+MARK_REQUESTS_SENT: LiteralString = """
+UPDATE categorization_requests AS r
+SET sent_at = clock_timestamp(), message_id = u.message_id
+FROM unnest(%(ids)s::bigint[], %(message_ids)s::text[]) AS u(id, message_id)
+WHERE r.id = u.id
+"""
+
+#: Relay lag: the age of the oldest pending request, and how many are pending.
+PENDING_REQUESTS: LiteralString = """
+SELECT count(*),
+       coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8
+FROM categorization_requests
+WHERE sent_at IS NULL
+"""
+
+#: Sent requests past their retention, removed a bounded number at a time.
+PRUNE_SENT_REQUESTS: LiteralString = """
+DELETE FROM categorization_requests
+WHERE id IN (
+    SELECT id FROM categorization_requests
+    WHERE sent_at IS NOT NULL AND sent_at < clock_timestamp() - make_interval(secs => %(retention)s)
+    LIMIT %(limit)s
+)
+"""
+
+#: What a host application runs in its own transaction (Python hosts: OutboxStore.request).
+INSERT_REQUESTS: LiteralString = """
+INSERT INTO categorization_requests (expense_id, correlation_id)
+SELECT unnest(%(expense_ids)s::bigint[]), %(correlation_id)s
+"""

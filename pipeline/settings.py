@@ -66,6 +66,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     metrics_dir: str = ""
     #: On SIGTERM, how long a worker waits for in-flight batches before it stops anyway (ms).
     worker_shutdown_timeout_ms: Annotated[int, msgspec.Meta(ge=100, le=3_600_000)] = 30_000
+    #: Outbox relay (``catfleet relay``): requests claimed per transaction, the safety-net poll
+    #: interval (s) behind LISTEN/NOTIFY, how long sent requests are kept (s), and the port of
+    #: its Prometheus endpoint (0: none).
+    relay_claim_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 5_000
+    relay_poll_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    relay_retention_seconds: Annotated[int, msgspec.Meta(ge=0)] = 86_400
+    relay_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
 
     def __post_init__(self) -> None:
         if self.suggest_threshold > self.auto_threshold:

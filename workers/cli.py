@@ -11,6 +11,7 @@ from typing import TextIO
 
 from pipeline.errors import CatfleetError
 from pipeline.settings import Settings
+from workers import relay_cli, schema_cli
 
 
 def _read_ids(stream: TextIO) -> Iterator[int]:
@@ -152,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     from workers.bench.cli import register as register_bench
 
     register_bench(sub)
+    relay_cli.add_parser(sub)
+    schema_cli.add_parser(sub)
     return parser
 
 

@@ -37,6 +37,20 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+def start_catfleet(
+    argv: list[str], settings: Settings, *, log: IO[bytes], **env: str
+) -> subprocess.Popen[bytes]:
+    """``catfleet ARGV...`` as a child in its own process group, output to ``log``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "workers", *argv],
+        env=settings_env(settings, **env),
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
 def start_workers(
     settings: Settings,
     *,
@@ -46,22 +60,15 @@ def start_workers(
     boot: str | None = None,
     **env: str,
 ) -> subprocess.Popen[bytes]:
-    """``catfleet worker`` in its own process group, output to ``log``."""
-    argv = [sys.executable, "-m", "workers", "worker"]
+    """``catfleet worker`` in its own process group."""
+    argv = ["worker"]
     if boot:
         argv += ["--boot", boot]
     if processes:
         argv += ["--processes", str(processes)]
     if threads:
         argv += ["--threads", str(threads)]
-    return subprocess.Popen(
-        argv,
-        env=settings_env(settings, **env),
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    return start_catfleet(argv, settings, log=log, **env)
 
 
 def wait_ready(settings: Settings, proc: subprocess.Popen[bytes], *, timeout: float = 60.0) -> None:
@@ -83,7 +90,7 @@ def wait_ready(settings: Settings, proc: subprocess.Popen[bytes], *, timeout: fl
 
 
 def stop_workers(proc: subprocess.Popen[bytes], *, timeout: float = 30.0) -> int:
-    """SIGTERM the group (Dramatiq drains), SIGKILL after ``timeout``."""
+    """SIGTERM the group (Dramatiq drains, a relay finishes its claim), SIGKILL after ``timeout``."""
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -5,77 +5,103 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.settings import Settings
-from workers.bench import scenarios
-from workers.bench.env import bench_env, write_results
+from workers.bench import relay, scenarios
+from workers.bench.env import BenchEnv, bench_env, write_results
 
-SCENARIOS = ("throughput", "latency", "scaling", "batch-size", "profile")
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _csv(kind: type[Any]) -> Callable[[str], list[Any]]:
+    return lambda text: [kind(x) for x in text.split(",")]
+
+
+def _shapes(text: str) -> list[tuple[int, int]]:
+    return [(int(p), int(t)) for p, t in (s.split("x") for s in text.split(","))]
+
+
+RUNNERS: dict[str, Callable[[BenchEnv, argparse.Namespace], dict[str, Any]]] = {
+    "throughput": lambda env, a: scenarios.throughput(
+        env, expenses=a.expenses, naive=a.naive, reps=a.reps, processes=a.processes, say=_say
+    ),
+    "batch-size": lambda env, a: scenarios.batch_size(
+        env, expenses=a.expenses, sizes=a.sizes, reps=a.reps, processes=a.processes, say=_say
+    ),
+    "latency": lambda env, a: scenarios.latency(
+        env, rates=a.rates, seconds=a.seconds, polls=a.polls, processes=a.processes, say=_say
+    ),
+    "scaling": lambda env, a: scenarios.scaling(
+        env, expenses=a.expenses, shapes=a.shapes, reps=a.reps, say=_say
+    ),
+    "profile": lambda env, a: scenarios.profile(env, expenses=a.expenses, say=_say),
+    "relay": lambda env, a: relay.relay(
+        env,
+        expenses=a.expenses,
+        relays=a.relays,
+        processes=a.processes,
+        samples=a.samples,
+        rate=a.rate,
+        say=_say,
+    ),
+}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("bench", help="run a benchmark scenario against the configured servers")
-    p.add_argument("scenario", choices=SCENARIOS)
-    p.add_argument("--expenses", type=int, default=200_000, help="expenses in the data set")
-    p.add_argument(
-        "--naive", type=int, default=10_000, help="throughput: expenses sent through the naive fleet"
+    parser = sub.add_parser("bench", help="benchmarks on the configured servers (a throwaway database)")
+    scenarios_sub = parser.add_subparsers(dest="scenario", required=True)
+
+    def scenario(
+        name: str, help: str, *, expenses: int = 200_000, reps: bool = True
+    ) -> argparse.ArgumentParser:
+        p = scenarios_sub.add_parser(name, help=help)
+        p.add_argument("--expenses", type=int, default=expenses, help="expenses in the data set")
+        if reps:
+            p.add_argument("--reps", type=int, default=3, help="repetitions per figure (median, min, max)")
+        p.add_argument("--processes", type=int, default=2, help="worker processes")
+        p.add_argument("--json", dest="json_path", help="where to write the JSON result")
+        p.set_defaults(func=run)
+        return p
+
+    p = scenario("throughput", "the fleet vs the naive fleet vs the PostgreSQL floor")
+    p.add_argument("--naive", type=int, default=10_000, help="expenses sent through the naive fleet")
+    p = scenario("batch-size", "expenses/s and p95 batch latency per batch size", expenses=100_000)
+    p.add_argument("--sizes", type=_csv(int), default=[50, 200, 500, 1000])
+    p = scenario("latency", "enqueue-to-commit latency at steady rates, per idle-poll setting", reps=False)
+    p.add_argument("--rates", type=_csv(float), default=[10.0, 200.0], help="messages per second")
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds per rate")
+    p.add_argument("--polls", type=_csv(int), default=[1000, 10], help="idle poll caps (ms) to compare")
+    p = scenario("scaling", "processes x threads on the same load, with CPU per component", expenses=100_000)
+    p.add_argument("--shapes", type=_shapes, default=[(1, 4), (2, 4), (2, 8)], help="e.g. 1x4,2x4")
+    scenario("profile", "the worker's hot path in-process under cProfile", expenses=20_000, reps=False)
+    p = scenario(
+        "relay", "outbox -> relay -> workers: burst throughput and added latency", expenses=50_000, reps=False
     )
-    p.add_argument("--reps", type=int, default=3, help="repetitions per figure (median, min, max)")
-    p.add_argument("--processes", type=int, default=2, help="worker processes")
-    p.add_argument("--sizes", default="50,200,500,1000", help="batch-size: sizes to try")
-    p.add_argument("--rates", default="10,200", help="latency: messages per second")
-    p.add_argument("--seconds", type=float, default=10.0, help="latency: seconds per rate")
-    p.add_argument("--polls", default="1000,5", help="latency: idle poll caps (ms) to compare")
-    p.add_argument("--shapes", default="1x4,2x4,2x8", help="scaling: processes x threads")
-    p.add_argument("--json", dest="json_path", help="where to write the JSON result")
-    p.set_defaults(func=run)
+    p.add_argument("--relays", type=int, default=1, help="relay processes")
+    p.add_argument("--samples", type=int, default=200, help="single-expense transactions for latency")
+    p.add_argument("--rate", type=float, default=20.0, help="their rate per second")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    def say(line: str) -> None:
-        print(line, flush=True)
-
     started = time.time()
     with bench_env(settings) as env:
-        result: dict[str, Any]
-        if args.scenario == "throughput":
-            result = scenarios.throughput(
-                env,
-                expenses=args.expenses,
-                naive=args.naive,
-                reps=args.reps,
-                processes=args.processes,
-                say=say,
-            )
-        elif args.scenario == "batch-size":
-            sizes = [int(s) for s in args.sizes.split(",")]
-            result = scenarios.batch_size(
-                env, expenses=args.expenses, sizes=sizes, reps=args.reps, processes=args.processes, say=say
-            )
-        elif args.scenario == "latency":
-            result = scenarios.latency(
-                env,
-                rates=[float(r) for r in args.rates.split(",")],
-                seconds=args.seconds,
-                polls=[int(p) for p in args.polls.split(",")],
-                processes=args.processes,
-                say=say,
-            )
-        elif args.scenario == "scaling":
-            shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
-            result = scenarios.scaling(
-                env, expenses=args.expenses, shapes=[(p, t) for p, t in shapes], reps=args.reps, say=say
-            )
-        else:
-            result = scenarios.profile(env, expenses=args.expenses, say=say)
+        result = RUNNERS[args.scenario](env, args)
     doc = {
         "scenario": args.scenario,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "seconds": round(time.time() - started, 1),
-        "machine": {"cpus": _cpus(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {
+            "cpus": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "settings": {"batch_size": settings.batch_size, "worker_threads": settings.worker_threads},
         "result": result,
     }
@@ -84,9 +110,3 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, default=str))
     print(f"results: {path}")
     return 0
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))

@@ -1,0 +1,147 @@
+"""Producers outside Python: the README's redis-cli commands and a Node.js script with the
+stock ``redis`` client enqueue messages that real workers categorize or dead-letter."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pipeline.settings import Settings
+from tests.support import data
+from tests.support.broker import dead_messages
+from tests.support.services import ROOT, WorkerProcess, wait_for
+from workers.app import App, build_app
+from workers.failures import RedisFailureLog
+
+NODE_DIR = ROOT / "tests" / "node"
+REDIS_CLI_MARKER = "# enqueue categorize_batch with redis-cli\n"
+
+
+def readme_block(marker: str) -> str:
+    blocks = re.findall(r"^```sh\n(.*?)^```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S | re.M)
+    [block] = [b for b in blocks if b.startswith(marker)]
+    return str(block)
+
+
+def redis_cli_enqueue(settings: Settings, ids: str) -> str:
+    """Run the README block verbatim with this test's broker URL, namespace and IDs."""
+    env = dict(os.environ, REDIS_URL=settings.broker_url, NS=settings.broker_namespace, IDS=ids)
+    out = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", readme_block(REDIS_CLI_MARKER)],
+        env=env, capture_output=True, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    return out.stdout
+
+
+@pytest.fixture(scope="session")
+def node_producer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/node installed from its lock file (npm ci) into a temp dir."""
+    for tool in ("node", "npm"):
+        assert shutil.which(tool), f"{tool} is missing: run scripts/ensure-services"
+    where = tmp_path_factory.mktemp("node")
+    for name in ("package.json", "package-lock.json", "enqueue.js"):
+        shutil.copy(NODE_DIR / name, where / name)
+    subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=where, check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return where
+
+
+def node_enqueue(where: Path, settings: Settings, payload: str) -> str:
+    out = subprocess.run(
+        ["node", "enqueue.js", settings.broker_url, settings.broker_namespace, payload],
+        cwd=where, capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[App]:
+    a = build_app(settings)
+    yield a
+    a.broker.close()
+
+
+def rows_by_expense(conn: psycopg.Connection[Any]) -> dict[int, tuple[Any, ...]]:
+    return {
+        r[0]: r[1:] for r in conn.execute("SELECT expense_id, category_id, message_id FROM categorizations")
+    }
+
+
+def assert_dead_lettered(app: App, settings: Settings, reason: str) -> str:
+    [dead] = wait_for(lambda: dead_messages(settings), what="dead letter")
+    assert dead["options"].get("retries", 0) == 0  # at once, not retried
+    assert isinstance(app.failures, RedisFailureLog)
+    [record] = wait_for(lambda: app.failures.history(dead["message_id"]), what="failure record")
+    assert record.dead and record.error_type == "InvalidMessage" and reason in record.error
+    return str(dead["message_id"])
+
+
+def test_readme_redis_cli_commands_enqueue_a_batch(
+    worker: WorkerProcess, conn: psycopg.Connection[Any], cats: dict[str, int], settings: Settings
+) -> None:
+    ids = data.add_expenses(conn, ["PAYPAL *STARBUCKS 402935", "TST* WALMART STORE #4567", "UBER *TRIP"])
+    out = redis_cli_enqueue(settings, ",".join(map(str, ids)))
+    assert out.split() == ["OK", "QUEUED", "QUEUED", "1", "1"]  # MULTI, HSET, RPUSH, EXEC's replies
+    got = wait_for(lambda: (r := rows_by_expense(conn)) and len(r) == 3 and r, what="3 rows")
+    assert [got[i][0] for i in ids] == [cats["coffee"], cats["groceries"], cats["rideshare"]]
+    assert len({got[i][1] for i in ids}) == 1  # one message, its id recorded
+
+
+def test_node_client_enqueues_a_batch(
+    worker: WorkerProcess,
+    conn: psycopg.Connection[Any],
+    cats: dict[str, int],
+    settings: Settings,
+    node_producer: Path,
+) -> None:
+    ids = data.add_expenses(conn, ["SQ *STARBUCKS", "SHELL FUEL"])
+    message_id = node_enqueue(
+        node_producer, settings, f'{{"expense_ids": {ids}, "correlation_id": "from-node"}}'
+    )
+    got = wait_for(lambda: (r := rows_by_expense(conn)) and len(r) == 2 and r, what="2 rows")
+    assert got == {ids[0]: (cats["coffee"], message_id), ids[1]: (cats["fuel"], message_id)}
+    assert conn.execute("SELECT DISTINCT correlation_id FROM categorizations").fetchall() == [("from-node",)]
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [('{"expense_ids": [1], "surprise": true}', "unknown field"), ('{"expense_ids": []}', "length >= 1")],
+    ids=["extra-field", "empty"],
+)
+def test_node_client_bad_payload_is_dead_lettered_and_worker_goes_on(
+    worker: WorkerProcess,
+    app: App,
+    conn: psycopg.Connection[Any],
+    cats: dict[str, int],
+    settings: Settings,
+    node_producer: Path,
+    payload: str,
+    reason: str,
+) -> None:
+    bad_id = node_enqueue(node_producer, settings, payload)
+    good = data.add_expenses(conn, ["WALMART"])
+    node_enqueue(node_producer, settings, f'{{"expense_ids": {good}}}')
+    wait_for(lambda: len(rows_by_expense(conn)) == 1, what="the next good message")
+    assert assert_dead_lettered(app, settings, reason) == bad_id
+    assert worker.proc.poll() is None
+
+
+def test_redis_cli_bad_payload_is_dead_lettered_and_worker_goes_on(
+    worker: WorkerProcess, app: App, conn: psycopg.Connection[Any], cats: dict[str, int], settings: Settings
+) -> None:
+    redis_cli_enqueue(settings, '"12",13')
+    good = data.add_expenses(conn, ["STARBUCKS"])
+    redis_cli_enqueue(settings, str(good[0]))
+    wait_for(lambda: len(rows_by_expense(conn)) == 1, what="the next good message")
+    assert_dead_lettered(app, settings, "Expected `int`")
+    assert worker.proc.poll() is None
