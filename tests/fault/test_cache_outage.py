@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
 
@@ -17,7 +19,9 @@ from pipeline.db import Database
 from pipeline.settings import Settings
 from tests.support import cache
 from tests.support.cluster import LocalRedis, LocalRedisCluster, LocalRedisServers
-from tests.support.services import wait_for
+from tests.support.services import WorkerProcess, wait_for
+from workers.app import build_app
+from workers.producer import Producer
 
 pytestmark = pytest.mark.fault
 
@@ -154,3 +158,32 @@ class TestSingleRedisOutage(OutageContract):
     @pytest.fixture
     def server(self, redis_single: LocalRedis) -> LocalRedisServers:
         return redis_single
+
+
+def test_a_real_worker_uses_the_cluster_and_rides_out_its_outage(
+    settings: Settings,
+    redis_cluster: LocalRedisCluster,
+    conn: psycopg.Connection[Any],
+    cats: dict[str, int],
+    ids: list[int],
+    tmp_path: Path,
+) -> None:
+    worker_settings = msgspec.structs.replace(
+        settings, cache_url=redis_cluster.url, breaker_fail_max=2, breaker_reset_seconds=1.0
+    )
+    worker = WorkerProcess(worker_settings, tmp_path / "worker.log")
+    app = build_app(worker_settings)
+    try:
+        worker.wait_ready()
+        producer = Producer(app.broker, batch_size=50)
+        producer.enqueue(ids[:150])
+        wait_for(lambda: len(cache.snapshot(conn)) == 150, what="first half categorized")
+        assert redis_cluster.dbsize() > 0  # the worker back-filled L2 on the cluster
+        redis_cluster.stop_all()
+        producer.enqueue(ids[150:])
+        wait_for(lambda: len(cache.snapshot(conn)) == len(ids), what="second half categorized")
+        wait_for(lambda: "breaker_transition" in worker.log(), what="breaker log line")
+    finally:
+        app.broker.close()
+        worker.stop()
+    assert '"new_state":"open"' in worker.log().replace(" ", "")
