@@ -95,6 +95,21 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return run_demo(settings, expenses=args.expenses, users=args.users, processes=args.processes)
 
 
+def cmd_bench_cache(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.bench_cache import run_bench_cache
+
+    return run_bench_cache(
+        settings,
+        merchants=args.merchants,
+        expenses=args.expenses,
+        users=args.users,
+        zipf=args.zipf,
+        reps=args.reps,
+        batch=args.batch,
+        as_json=args.json,
+    )
+
+
 def cmd_settings(settings: Settings, args: argparse.Namespace) -> int:
     print(json.dumps(settings.redacted(), indent=2))
     return 0
@@ -128,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=500)
     p.add_argument("--processes", type=int, help="worker processes (default: CATFLEET_WORKER_PROCESSES)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "bench-cache", help="pattern-cache hit rates (Zipf) and throughput, L2 healthy vs down"
+    )
+    p.add_argument("--merchants", type=int, default=20_000, help="distinct merchants")
+    p.add_argument("--expenses", type=int, default=40_000, help="expenses (half warm-up, half measured)")
+    p.add_argument("--users", type=int, default=20)
+    p.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of the merchant stream")
+    p.add_argument("--reps", type=int, default=5, help="timed runs per mode (medians reported)")
+    p.add_argument("--batch", type=int, default=500, help="expenses per batch")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_bench_cache)
 
     p = sub.add_parser("settings", help="print the effective settings (passwords redacted)")
     p.set_defaults(func=cmd_settings)

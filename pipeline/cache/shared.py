@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import zlib
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
 
@@ -25,6 +26,9 @@ from schemas import Pattern
 
 log = logging.getLogger("catfleet.cache")
 T = TypeVar("T")
+
+#: Merchant keys are spread over this many hash-tagged buckets (slots) per ruleset version.
+BUCKETS = 64
 
 #: Errors of the Redis client that mean "the cache is unavailable".
 REDIS_ERRORS: tuple[type[BaseException], ...] = (
@@ -70,8 +74,11 @@ class SharedTier(PatternTier):
     # keys ------------------------------------------------------------------------------------
 
     def merchant_key(self, version: int, key: MerchantKey) -> str:
+        """``<prefix>:{v<version>:<bucket>}:m:<user or 0>:<merchant>``. The hash tag puts a
+        bucket's keys in one slot, so a batch reads each bucket with one MGET."""
         scope, value = key
-        return f"{self.prefix}:v{version}:m:{scope}:{value}"
+        bucket = zlib.crc32(f"{scope}:{value}".encode()) % BUCKETS
+        return f"{self.prefix}:{{v{version}:{bucket}}}:m:{scope}:{value}"
 
     def rules_key(self, version: int) -> str:
         return f"{self.prefix}:v{version}:rules"
@@ -83,7 +90,7 @@ class SharedTier(PatternTier):
         if not wanted:
             return {}
         names = [self.merchant_key(version, k) for k in wanted]
-        raws = self._run(lambda c: _get_many(c, names))
+        raws = self._run(lambda c: _mget_by_tag(c, names))
         found: dict[MerchantKey, Entry] = {}
         for key, raw in zip(wanted, raws, strict=True):
             entry = _decoded(raw)
@@ -104,6 +111,14 @@ class SharedTier(PatternTier):
     def put_rules(self, version: int, patterns: Entry) -> None:
         item = (self.rules_key(version), encode_entry(patterns))
         self._run(lambda c: _set_many(c, [item], self.ttl_seconds))
+
+    def clear(self) -> int:
+        """Delete every key under this tier's prefix (all versions); returns how many."""
+
+        def delete_all(client: Client) -> int:
+            return sum(int(client.delete(key)) for key in client.scan_iter(f"{self.prefix}:*", count=1000))
+
+        return self._run(delete_all)
 
     def close(self) -> None:
         with self._client_lock:
@@ -138,6 +153,21 @@ def _get_many(client: Client, names: list[str]) -> list[Any]:
     for name in names:
         pipe.get(name)
     return list(pipe.execute())
+
+
+def _mget_by_tag(client: Client, names: list[str]) -> list[Any]:
+    """One MGET per hash tag (= one slot), all in one pipeline: one round trip per node."""
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(name[name.index("{") : name.index("}")], []).append(i)
+    pipe = pipeline(client)
+    for positions in groups.values():
+        pipe.execute_command("MGET", *(names[i] for i in positions))
+    out: list[Any] = [None] * len(names)
+    for positions, values in zip(groups.values(), pipe.execute(), strict=True):
+        for i, value in zip(positions, values, strict=True):
+            out[i] = value
+    return out
 
 
 def _set_many(client: Client, items: list[tuple[str, bytes]], ttl: int) -> None:

@@ -75,7 +75,7 @@ class L2Contract:
     ) -> None:
         tier.put_merchants(5, {(0, "A"): (P,), (3, "B"): ()})
         name = tier.merchant_key(5, (3, "B"))
-        assert ":v5:" in name and name.startswith(tier.prefix)
+        assert ":{v5:" in name and name.startswith(tier.prefix)
         with redis.Redis(port=server.owner_port(name)) as c:
             assert 0 < c.ttl(name) <= tier.ttl_seconds
             assert c.get(name) == b"\x90"  # the negative entry: an empty msgpack array, 1 byte
@@ -94,13 +94,15 @@ class L2Contract:
     ) -> None:
         keys = [(i % 4, f"MERCHANT {i}") for i in range(600)]
         tier.put_merchants(5, {k: () for k in keys})  # also connects to every node
-        owners = Counter(server.owner_port(tier.merchant_key(5, k)) for k in keys)
+        names = [tier.merchant_key(5, k) for k in keys]
+        slots = {name[: name.index("}") + 1]: server.owner_port(name) for name in names}  # per hash tag
+        owners = Counter(slots.values())  # slots (so MGETs) per node
         assert len(owners) == len(server.nodes)  # the batch spans every node
         server.reset_stats()
         trips = RoundTrips(monkeypatch)
         assert len(tier.get_merchants(5, keys)) == len(keys)
         assert dict(trips.by_port) == {port: 1 for port in owners}
-        assert {p: n for p, n in server.command_calls("get").items() if n} == dict(owners)
+        assert {p: n for p, n in server.command_calls("mget").items() if n} == dict(owners)
 
     def test_negative_entries_spare_postgresql(
         self,
