@@ -35,6 +35,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     cache_url: str = DEFAULT_CACHE_URL
     #: Prefix of every pattern-cache key.
     cache_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "catfleet"
+    #: L2 (shared Redis) entries live this long (s); the ruleset version in every key does the rest.
+    cache_ttl_seconds: Positive = 3_600
+    #: L2 socket connect/read timeout (ms): a slow cache must not stall a batch.
+    cache_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 100
+    #: L2 circuit breaker: open after this many consecutive failures; probe again after (s).
+    breaker_fail_max: Positive = 5
+    breaker_reset_seconds: Annotated[float, msgspec.Meta(gt=0, le=3_600)] = 30.0
     #: IDs per message the producer sends (the schema's hard maximum is MAX_BATCH_IDS).
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_BATCH_IDS)] = 500
     #: Worker processes and threads per process started by ``catfleet worker``.

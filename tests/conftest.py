@@ -11,6 +11,8 @@ from pipeline.settings import Settings
 from tests.support import data
 from tests.support.services import WorkerProcess, flush_namespace, isolated_settings
 
+pytest_plugins = ["tests.support.cluster"]  # redis_cluster / redis_single fixtures
+
 
 @pytest.fixture(scope="session")
 def settings() -> Iterator[Settings]:

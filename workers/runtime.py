@@ -10,7 +10,7 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import Middleware
 
-from pipeline.cache import LocalTier
+from pipeline.cache import CacheBreaker, LocalTier, SharedTier
 from pipeline.categorize import Categorizer
 from pipeline.db import Database
 from pipeline.matcher import Thresholds
@@ -30,7 +30,9 @@ class Runtime:
             settings.database_url, size=settings.pool_size, read_dsn=settings.database_read_url, wait=wait
         )
         self.l1 = LocalTier(max_entries=settings.l1_max_entries, ttl_seconds=settings.l1_ttl_seconds)
-        self.resolver = PatternResolver(PatternStore(self.db), [self.l1])
+        self.l2 = shared_tier(settings)
+        self._observe_breaker()
+        self.resolver = PatternResolver(PatternStore(self.db), [self.l1, self.l2])
         self.expenses = ExpenseStore(self.db)
         self.categorizer = Categorizer(
             expenses=self.expenses,
@@ -39,8 +41,29 @@ class Runtime:
             thresholds=Thresholds(auto=settings.auto_threshold, suggest=settings.suggest_threshold),
         )
 
+    def _observe_breaker(self) -> None:
+        from workers import metrics  # after boot: the multiprocess directory is set by then
+
+        metrics.set_breaker_state("closed")
+        self.l2.breaker.on_transition(lambda old, new: metrics.count_breaker_transition(new))
+
     def close(self) -> None:
+        self.l2.close()
         self.db.close()
+
+
+def shared_tier(settings: Settings) -> SharedTier:
+    """L2 on ``cache_url`` behind its circuit breaker (connects lazily, on the first lookup)."""
+    breaker = CacheBreaker(
+        name="l2", fail_max=settings.breaker_fail_max, reset_seconds=settings.breaker_reset_seconds
+    )
+    return SharedTier(
+        url=settings.cache_url,
+        prefix=settings.cache_prefix,
+        ttl_seconds=settings.cache_ttl_seconds,
+        timeout_s=settings.cache_timeout_ms / 1000,
+        breaker=breaker,
+    )
 
 
 class RuntimeHolder(Middleware):

@@ -19,6 +19,7 @@ import redis
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from pipeline.cache.client import open_client
 from pipeline.migrate import migrate
 from pipeline.settings import DEFAULT_DATABASE_URL, Settings
 from workers.config import env_name, settings_from_env
@@ -75,6 +76,7 @@ def isolated_settings(**overrides: Any) -> Iterator[Settings]:
         yield settings
     finally:
         flush_namespace(settings)
+        flush_cache(settings)
         drop_database(base.database_url, name)
 
 
@@ -83,6 +85,16 @@ def flush_namespace(settings: Settings) -> None:
         client = redis.Redis.from_url(settings.broker_url)
         for key in client.scan_iter(f"{settings.broker_namespace}:*", count=1000):
             client.delete(key)
+        client.close()
+
+
+def flush_cache(settings: Settings) -> None:
+    """Remove the run's pattern-cache keys (they would expire anyway)."""
+    client = open_client(settings.cache_url, timeout_s=2.0)
+    try:
+        for key in client.scan_iter(f"{settings.cache_prefix}:*", count=1000):
+            client.delete(key)
+    finally:
         client.close()
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.settings import Settings
-from workers.bench import relay, scenarios
+from workers.bench import cache, relay, scenarios
 from workers.bench.env import BenchEnv, bench_env, write_results
 
 
@@ -42,6 +42,16 @@ RUNNERS: dict[str, Callable[[BenchEnv, argparse.Namespace], dict[str, Any]]] = {
         env, expenses=a.expenses, shapes=a.shapes, reps=a.reps, say=_say
     ),
     "profile": lambda env, a: scenarios.profile(env, expenses=a.expenses, say=_say),
+    "cache": lambda env, a: cache.cache(
+        env,
+        merchants=a.merchants,
+        expenses=a.expenses,
+        users=a.users,
+        zipf=a.zipf,
+        reps=a.reps,
+        batch=a.batch,
+        say=_say,
+    ),
     "relay": lambda env, a: relay.relay(
         env,
         expenses=a.expenses,
@@ -81,6 +91,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = scenario("scaling", "processes x threads on the same load, with CPU per component", expenses=100_000)
     p.add_argument("--shapes", type=_shapes, default=[(1, 4), (2, 4), (2, 8)], help="e.g. 1x4,2x4")
     scenario("profile", "the worker's hot path in-process under cProfile", expenses=20_000, reps=False)
+    p = scenario(
+        "cache", "pattern-cache hit rate per tier (Zipf) and throughput, L2 healthy vs down", expenses=40_000
+    )
+    p.add_argument("--merchants", type=int, default=20_000, help="distinct merchants")
+    p.add_argument("--users", type=int, default=20)
+    p.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of the merchant stream")
+    p.add_argument("--batch", type=int, default=500, help="expenses per batch")
     p = scenario(
         "relay", "outbox -> relay -> workers: burst throughput and added latency", expenses=50_000, reps=False
     )

@@ -1,0 +1,244 @@
+"""Throwaway Redis servers for cache tests: a 3-master Redis Cluster and a single plain Redis,
+each on free loopback ports in a temp dir, started once per session and torn down at the end.
+
+Tests may stop and start nodes; the function-scoped fixtures (``redis_cluster``,
+``redis_single``) bring everything back up and empty it before each test. Used as a pytest
+plugin (``pytest_plugins`` in tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.cluster import key_slot
+
+from tests.support.services import wait_for
+
+HOST = "127.0.0.1"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(n: int, *, bus: bool = False) -> list[int]:
+    """``n`` free loopback ports (with ``bus``: port + 10000 free too, for the cluster bus)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = random.randint(20_000, 45_000)
+        if port in ports or not _port_free(port) or (bus and not _port_free(port + 10_000)):
+            continue
+        ports.append(port)
+    return ports
+
+
+class RedisNode:
+    """One ``redis-server`` child process (no persistence: a restart comes back empty)."""
+
+    def __init__(self, port: int, directory: Path, *, cluster: bool) -> None:
+        self.port = port
+        self.dir = directory
+        self.cluster = cluster
+        self.proc: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        if self.running:
+            return
+        argv = [
+            shutil.which("redis-server") or "redis-server",
+            "--bind", HOST, "--port", str(self.port), "--dir", str(self.dir),
+            "--save", "", "--appendonly", "no", "--logfile", str(self.dir / "redis.log"),
+        ]  # fmt: skip
+        if self.cluster:
+            argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            argv += ["--cluster-node-timeout", "1000"]
+        self.proc = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL)
+        wait_for(self._pings, timeout=10, what=f"redis-server on {self.port}")
+
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host=HOST, port=self.port, socket_timeout=2)
+
+    def _pings(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"redis-server on {self.port} exited:\n{self.log()}")
+        try:
+            with self.client() as c:
+                return bool(c.ping())
+        except redis.exceptions.ConnectionError:
+            return False
+
+    def log(self) -> str:
+        path = self.dir / "redis.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+
+class LocalRedisServers:
+    """What the cache tests need of a backend, whether one node or a cluster."""
+
+    nodes: list[RedisNode]
+    url: str
+
+    def stop_one(self) -> None:
+        self.nodes[0].stop()
+
+    def stop_all(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def start_all(self) -> None:
+        for node in self.nodes:
+            node.start()
+        self.wait_ready()
+
+    def wait_ready(self) -> None: ...
+
+    def owner_port(self, key: str) -> int:
+        """The port of the node holding ``key``."""
+        return self.nodes[0].port
+
+    def flush(self) -> None:
+        for node in self.nodes:
+            with node.client() as c:
+                c.flushall()
+
+    def dbsize(self) -> int:
+        total = 0
+        for node in self.nodes:
+            with node.client() as c:
+                total += int(c.dbsize())  # type: ignore[arg-type]
+        return total
+
+    def reset_stats(self) -> None:
+        for node in self.nodes:
+            with node.client() as c:
+                c.config_resetstat()
+
+    def command_calls(self, command: str) -> dict[int, int]:
+        """Calls of ``command`` per node port since the last ``reset_stats``."""
+        calls = {}
+        for node in self.nodes:
+            with node.client() as c:
+                stats = c.info("commandstats").get(f"cmdstat_{command.lower()}", {})
+                calls[node.port] = int(stats.get("calls", 0)) if isinstance(stats, dict) else 0
+        return calls
+
+
+class LocalRedis(LocalRedisServers):
+    """A single plain Redis."""
+
+    def __init__(self, directory: Path) -> None:
+        (port,) = free_ports(1)
+        self.nodes = [RedisNode(port, directory, cluster=False)]
+        self.url = f"redis://{HOST}:{port}/0"
+
+
+class LocalRedisCluster(LocalRedisServers):
+    """A Redis Cluster of ``masters`` masters and no replicas."""
+
+    def __init__(self, directory: Path, masters: int = 3) -> None:
+        ports = free_ports(masters, bus=True)
+        self.nodes = [RedisNode(p, directory / str(p), cluster=True) for p in ports]
+        self.url = f"redis://{HOST}:{ports[0]}"
+        self._slots: dict[int, int] = {}  # slot -> port
+
+    def create(self) -> None:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"{HOST}:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        self.wait_ready()
+
+    def _state_ok(self) -> bool:
+        for node in self.nodes:
+            try:
+                with node.client() as c:
+                    info = c.cluster("info")
+            except redis.exceptions.RedisError:
+                return False
+            if info.get("cluster_state") != "ok" or int(info.get("cluster_slots_ok", 0)) != 16384:
+                return False
+        return True
+
+    def wait_ready(self) -> None:
+        wait_for(self._state_ok, timeout=30, interval=0.1, what="redis cluster state ok")
+        with self.nodes[0].client() as c:
+            shards = c.cluster("slots")
+        self._slots = {}
+        for start, end, master, *_ in shards:
+            for slot in range(start, end + 1):
+                self._slots[slot] = int(master[1])
+
+    def owner_port(self, key: str) -> int:
+        return self._slots[key_slot(key.encode())]
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.create()
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+@pytest.fixture(scope="session")
+def redis_single_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
+    server = LocalRedis(tmp_path_factory.mktemp("redis-single"))
+    try:
+        server.start_all()
+        yield server
+    finally:
+        server.stop_all()
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_servers: LocalRedisCluster) -> LocalRedisCluster:
+    """The session's cluster, all nodes up, state ok, empty."""
+    redis_cluster_servers.start_all()
+    redis_cluster_servers.flush()
+    return redis_cluster_servers
+
+
+@pytest.fixture
+def redis_single(redis_single_server: LocalRedis) -> LocalRedis:
+    """The session's single Redis, up and empty."""
+    redis_single_server.start_all()
+    redis_single_server.flush()
+    return redis_single_server
