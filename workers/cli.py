@@ -11,6 +11,7 @@ from typing import TextIO
 
 from pipeline.errors import CatfleetError
 from pipeline.settings import Settings
+from workers.dlq.cli import register as register_dlq
 
 
 def _read_ids(stream: TextIO) -> Iterator[int]:
@@ -81,6 +82,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         "--processes", str(args.processes or settings.worker_processes),
         "--threads", str(args.threads or settings.worker_threads),
         "--skip-logging",
+        "--worker-shutdown-timeout", str(settings.worker_shutdown_timeout_ms),
     ]  # fmt: skip
     if args.queues:
         argv += ["--queues", *args.queues]
@@ -128,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=500)
     p.add_argument("--processes", type=int, help="worker processes (default: CATFLEET_WORKER_PROCESSES)")
     p.set_defaults(func=cmd_demo)
+
+    register_dlq(sub)
 
     p = sub.add_parser("settings", help="print the effective settings (passwords redacted)")
     p.set_defaults(func=cmd_settings)
