@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import redis
+from redis import Redis
 
 from pipeline.settings import Settings
 from schemas import CATEGORIZE_QUEUE, LEARN_QUEUE
@@ -27,7 +27,7 @@ def open_store(settings: Settings) -> DeadLetterStore:
         return store
     from workers.dlq.redis import RedisDeadLetterStore
 
-    client = redis.Redis.from_url(settings.broker_url)
+    client = Redis.from_url(settings.broker_url)
     store = RedisDeadLetterStore(
         client,
         settings.broker_namespace,
