@@ -111,3 +111,30 @@ INSERT_REQUESTS: LiteralString = """
 INSERT INTO categorization_requests (expense_id, correlation_id)
 SELECT unnest(%(expense_ids)s::bigint[]), %(correlation_id)s
 """
+
+#: Failure log (RabbitMQ broker): one row per failed attempt of a message.
+INSERT_FAILURE: LiteralString = """
+INSERT INTO message_failures (message_id, queue_name, actor_name, retries, error_type, error, dead, at_ms)
+VALUES (%(message_id)s, %(queue_name)s, %(actor_name)s, %(retries)s, %(error_type)s, %(error)s,
+        %(dead)s, %(at_ms)s)
+"""
+
+FAILURE_HISTORY: LiteralString = """
+SELECT message_id, queue_name, actor_name, retries, error_type, error, dead, at_ms
+FROM message_failures WHERE message_id = ANY(%(ids)s::text[]) ORDER BY message_id, id
+"""
+
+#: Delivery counter (RabbitMQ broker): deliveries of a message that have not yet had an outcome.
+COUNT_DELIVERY: LiteralString = """
+INSERT INTO message_deliveries AS d (message_id, deliveries) VALUES (%(message_id)s, 1)
+ON CONFLICT (message_id) DO UPDATE SET deliveries = d.deliveries + 1, updated_at = now()
+RETURNING deliveries
+"""
+
+CLEAR_DELIVERIES: LiteralString = "DELETE FROM message_deliveries WHERE message_id = %(message_id)s"
+
+#: Audit of dead-letter replays and purges.
+INSERT_DEAD_LETTER_ACTION: LiteralString = """
+INSERT INTO dead_letter_actions (operator, broker, action, filter, dry_run, count, message_ids)
+VALUES (%(operator)s, %(broker)s, %(action)s, %(filter)s, %(dry_run)s, %(count)s, %(message_ids)s)
+"""

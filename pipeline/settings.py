@@ -31,6 +31,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     broker_url: str = DEFAULT_BROKER_URL
     #: Redis broker key namespace; every producer and worker of a fleet must agree.
     broker_namespace: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:{}-]{1,64}$")] = "dramatiq"
+    #: Redis broker: a process silent this long (ms) is dead; its unacked messages are re-queued.
+    broker_heartbeat_timeout_ms: Annotated[int, msgspec.Meta(ge=1_000, le=3_600_000)] = 15_000
+    #: Redis broker: per million broker calls, how many also run Dramatiq's maintenance pass.
+    broker_maintenance_chance: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 20_000
+    #: Redis broker: every worker process also heartbeats and runs maintenance this often (ms).
+    broker_maintenance_interval_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 5_000
     #: Pattern cache: a Redis Cluster node URL, or a single Redis.
     cache_url: str = DEFAULT_CACHE_URL
     #: Prefix of every pattern-cache key.
@@ -57,6 +63,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_backoff_ms: Positive = 300_000
     #: Longest a batch may run before it is interrupted and retried (ms).
     time_limit_ms: Positive = 300_000
+    #: A failing message must reach the dead-letter queue within this long (ms); checked against
+    #: the worst case of retries x (time limit + jittered backoff).
+    retry_horizon_ms: Positive = 10_800_000
+    #: Deliveries of one message that end without an outcome (worker killed, OOM) before it is
+    #: dead-lettered.
+    max_deliveries: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    #: SIGTERM: how long (ms) in-flight batches may take to finish before the worker exits.
+    worker_shutdown_timeout_ms: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = 30_000
     #: Confidence bands: >= auto applies, >= suggest suggests, below stays uncategorized.
     auto_threshold: Fraction = 0.85
     suggest_threshold: Fraction = 0.70
@@ -71,8 +85,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     metrics_host: str = "127.0.0.1"
     #: Prometheus multiprocess directory, cleared at worker start; empty: a per-port temp dir.
     metrics_dir: str = ""
-    #: On SIGTERM, how long a worker waits for in-flight batches before it stops anyway (ms).
-    worker_shutdown_timeout_ms: Annotated[int, msgspec.Meta(ge=100, le=3_600_000)] = 30_000
     #: Outbox relay (``catfleet relay``): requests claimed per transaction, the safety-net poll
     #: interval (s) behind LISTEN/NOTIFY, how long sent requests are kept (s), and the port of
     #: its Prometheus endpoint (0: none).
@@ -86,6 +98,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ValueError("suggest_threshold must not exceed auto_threshold")
         if self.min_backoff_ms > self.max_backoff_ms:
             raise ValueError("min_backoff_ms must not exceed max_backoff_ms")
+        if self.worst_case_to_dead_letter_ms > self.retry_horizon_ms:
+            raise ValueError(
+                f"max_retries, backoff and time_limit_ms allow {self.worst_case_to_dead_letter_ms} ms "
+                f"before a failing message is dead-lettered, over retry_horizon_ms={self.retry_horizon_ms}"
+            )
         for name in ("database_url", "broker_url", "cache_url"):
             if not getattr(self, name):
                 raise ValueError(f"{name} must not be empty")
@@ -95,6 +112,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     @property
     def pool_size(self) -> int:
         return self.database_pool_size or self.worker_threads + 2
+
+    @property
+    def worst_case_to_dead_letter_ms(self) -> int:
+        """Longest a message that always fails can take to reach the dead-letter queue: every
+        attempt runs into the time limit, every backoff gets Dramatiq's full jitter (up to 2x)."""
+        backoffs = sum(
+            min(2 * self.min_backoff_ms * 2**attempt, self.max_backoff_ms)
+            for attempt in range(self.max_retries)
+        )
+        return (self.max_retries + 1) * self.time_limit_ms + backoffs
 
     def redacted(self) -> dict[str, object]:
         """The settings as a dict with passwords removed from every URL: safe to log."""

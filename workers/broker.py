@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
@@ -18,13 +17,10 @@ from dramatiq.middleware import (
 from pipeline.settings import Settings
 from workers.encoder import MsgspecEncoder
 from workers.middleware.failure_log import LogFailures
+from workers.middleware.maintenance import BrokerMaintenance
 from workers.middleware.prometheus import FleetPrometheus
 from workers.middleware.retries import SafeRetries
-
-#: A killed worker's unacked messages return after this long without its heartbeat (ms).
-HEARTBEAT_TIMEOUT_MS = 15_000
-#: Per million broker calls, how many also run the maintenance pass that re-queues them.
-MAINTENANCE_CHANCE = 20_000
+from workers.redis_broker import SafeRedisBroker
 
 
 def is_rabbitmq(settings: Settings) -> bool:
@@ -50,17 +46,18 @@ def build_broker(settings: Settings, *, extra_middleware: list[Middleware] | Non
             max_backoff=settings.max_backoff_ms,
         ),
         CurrentMessage(),
+        BrokerMaintenance(interval_ms=settings.broker_maintenance_interval_ms),
         *(extra_middleware or []),
     ]
     broker: dramatiq.Broker
     if is_rabbitmq(settings):
         broker = RabbitmqBroker(url=settings.broker_url, confirm_delivery=True, middleware=middleware)
     else:
-        broker = RedisBroker(
+        broker = SafeRedisBroker(
             url=settings.broker_url,
             namespace=settings.broker_namespace,
-            heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
-            maintenance_chance=MAINTENANCE_CHANCE,
+            heartbeat_timeout=settings.broker_heartbeat_timeout_ms,
+            maintenance_chance=settings.broker_maintenance_chance,
             middleware=middleware,
         )
     dramatiq.set_broker(broker)

@@ -12,6 +12,7 @@ from typing import TextIO
 from pipeline.errors import CatfleetError
 from pipeline.settings import Settings
 from workers import relay_cli, schema_cli
+from workers.dlq.cli import register as register_dlq
 
 
 def _read_ids(stream: TextIO) -> Iterator[int]:
@@ -91,6 +92,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         "--threads", str(args.threads or settings.worker_threads),
         "--worker-shutdown-timeout", str(settings.worker_shutdown_timeout_ms),
         "--skip-logging",
+        "--worker-shutdown-timeout", str(settings.worker_shutdown_timeout_ms),
     ]  # fmt: skip
     if args.queues:
         argv += ["--queues", *args.queues]
@@ -146,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     from workers.exposition import add_parser as add_exporter_parser
 
     add_exporter_parser(sub)
+    register_dlq(sub)
 
     p = sub.add_parser("settings", help="print the effective settings (passwords redacted)")
     p.set_defaults(func=cmd_settings)

@@ -18,7 +18,7 @@ Helpers elsewhere use:
   ``BreakerMetricsListener()`` handed to ``pybreaker.CircuitBreaker(listeners=[...])``;
 - ``count_fallback_lookups(n)``: lookups sent to PostgreSQL because L2 was unavailable
   (``record_batch`` already counts the ``<tier>_error`` keys of a batch's cache stats);
-- ``workers.collector.record_dead_letter_action(...)`` for replays and purges (stored in the
+- ``workers.queues.record_dead_letter_action(...)`` (called by ``catfleet dlq``) for replays and purges (stored in the
   broker's Redis so the count does not depend on which host ran the command).
 """
 

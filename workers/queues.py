@@ -8,10 +8,9 @@ import time
 
 import dramatiq
 import msgspec
+import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
-
-from workers.broker import HEARTBEAT_TIMEOUT_MS
 
 #: Hash in the broker's Redis with the dead-letter tool's counts: field ``<queue>:<action>``.
 DEAD_LETTER_ACTIONS_KEY = "catfleet.deadletter.actions"
@@ -105,15 +104,17 @@ def workers_seen(broker: dramatiq.Broker) -> int | None:
     Dramatiq beats on every broker call, so a producer counts too while it enqueues."""
     if not isinstance(broker, RedisBroker):
         return None
-    since = int(time.time() * 1000) - HEARTBEAT_TIMEOUT_MS
+    since = int(time.time() * 1000) - int(broker.heartbeat_timeout)
     return int(broker.client.zcount(f"{broker.namespace}:__heartbeats__", since, "+inf"))
 
 
-def record_dead_letter_action(broker: dramatiq.Broker, queue: str, action: str, n: int = 1) -> None:
-    """Count dead letters replayed or purged by the tooling (any host): the collector exports them
-    as ``catfleet_dead_letter_replays_total`` / ``catfleet_dead_letter_purges_total``.
-    With RabbitMQ the counts are not kept (no shared store): a documented gap."""
+def record_dead_letter_action(
+    client: redis.Redis, namespace: str, queue: str, action: str, n: int = 1
+) -> None:
+    """Count dead letters replayed or purged by the tooling (any host) in the broker's Redis: the
+    collector exports them as ``catfleet_dead_letter_replays_total`` / ``_purges_total``.
+    With RabbitMQ the counts are not kept here (no shared Redis): the audit table has them."""
     if action not in DEAD_LETTER_ACTIONS:
         raise ValueError(f"unknown dead-letter action {action!r}")
-    if isinstance(broker, RedisBroker) and n:
-        broker.client.hincrby(f"{broker.namespace}:{DEAD_LETTER_ACTIONS_KEY}", f"{queue}:{action}", n)
+    if n:
+        client.hincrby(f"{namespace}:{DEAD_LETTER_ACTIONS_KEY}", f"{queue}:{action}", n)

@@ -13,7 +13,6 @@ import psycopg
 
 from pipeline.queries import RULESET_VERSION
 from pipeline.settings import Settings, redact
-from workers.broker import HEARTBEAT_TIMEOUT_MS
 from workers.health import CHECK_TIMEOUT_S
 
 
@@ -106,7 +105,7 @@ def render(status: Status) -> str:
         lines.append("workers    unknown (heartbeats are kept by the Redis broker only)")
     else:
         lines.append(
-            f"workers    {status.workers_seen} broker client(s) seen in the last {HEARTBEAT_TIMEOUT_MS // 1000} s"
+            f"workers    {status.workers_seen} broker client(s) seen within the heartbeat timeout"
             " (worker processes; a producer too while it enqueues)"
         )
     if status.database_error:

@@ -113,7 +113,7 @@ def test_queue_depth_follows_a_real_backlog_and_status_reports_it(
             what="oldest age grows",
         )
         assert scrape(port).value("catfleet_worker_processes") is None  # no workers on this host
-        record_dead_letter_action(app.broker, CATEGORIZE_QUEUE, "replayed", 3)
+        record_dead_letter_action(app.broker.client, app.broker.namespace, CATEGORIZE_QUEUE, "replayed", 3)
         assert scrape(port).value("catfleet_dead_letter_replays_total", queue=CATEGORIZE_QUEUE) == 3
         out = subprocess.run(
             [sys.executable, "-m", "workers", "status", "--json"],

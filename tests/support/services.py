@@ -59,19 +59,19 @@ def isolated_settings(**overrides: Any) -> Iterator[Settings]:
     suffix = uuid4().hex[:10]
     name = f"catfleet_test_{suffix}"
     url = create_database(base.database_url or DEFAULT_DATABASE_URL, name)
-    settings = msgspec.structs.replace(
-        base,
-        database_url=url,
-        broker_namespace=f"cftest-{suffix}",
-        cache_prefix=f"cftest-{suffix}",
-        max_retries=2,
-        min_backoff_ms=100,
-        max_backoff_ms=500,
-        worker_processes=1,
-        worker_threads=2,
-        log_level="INFO",
-        **{"metrics_port": free_port(), **overrides},
-    )
+    fields: dict[str, Any] = {
+        "database_url": url,
+        "broker_namespace": f"cftest-{suffix}",
+        "cache_prefix": f"cftest-{suffix}",
+        "max_retries": 2,
+        "min_backoff_ms": 100,
+        "max_backoff_ms": 500,
+        "worker_processes": 1,
+        "worker_threads": 2,
+        "log_level": "INFO",
+        "metrics_port": free_port(),
+    }
+    settings = msgspec.structs.replace(base, **{**fields, **overrides})
     try:
         yield settings
     finally:

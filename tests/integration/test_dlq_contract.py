@@ -1,0 +1,310 @@
+"""One contract suite for the dead-letter store, run against the real Redis and RabbitMQ brokers.
+
+Dead letters are made the way Dramatiq makes them: enqueue, consume, nack."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+from uuid import uuid4
+
+import dramatiq
+import msgspec
+import pika
+import psycopg
+import pytest
+import redis
+from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL, RabbitmqBroker
+from dramatiq.brokers.redis import RedisBroker
+
+from pipeline.settings import Settings
+from tests.support.services import ROOT, settings_env, wait_for
+from workers.dlq import open_store
+from workers.dlq.base import DeadLetterFilter, DeadLetterStore
+from workers.dlq.rabbitmq import RabbitmqDeadLetterStore
+from workers.failures import FailureRecord
+from workers.queues import DEAD_LETTER_ACTIONS_KEY
+
+RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+class Backend:
+    """A real broker with one private queue, and the dead-letter store in front of it."""
+
+    def __init__(self, kind: str, settings: Settings):
+        self.kind = kind
+        self.queue = f"cftest_{uuid4().hex[:10]}"
+        if kind == "redis":
+            self.settings = settings
+            self.broker: dramatiq.Broker = RedisBroker(
+                url=settings.broker_url, namespace=settings.broker_namespace
+            )
+            self.store: DeadLetterStore = open_store(settings)
+        else:
+            self.settings = msgspec.structs.replace(settings, broker_url=RABBIT_URL)
+            self.broker = RabbitmqBroker(url=RABBIT_URL, confirm_delivery=True)
+            self.store = open_store(self.settings)
+            assert isinstance(self.store, RabbitmqDeadLetterStore)
+            self.store.queue_names = [self.queue]
+        self.broker.declare_queue(self.queue)
+        self.failures = self.store.failures
+
+    def replayed_count(self) -> int:
+        """Replays counted for the metrics (kept in the broker's Redis; RabbitMQ keeps none)."""
+        if not isinstance(self.broker, RedisBroker):
+            return 0
+        raw = self.broker.client.hget(
+            f"{self.broker.namespace}:{DEAD_LETTER_ACTIONS_KEY}", f"{self.queue}:replayed"
+        )
+        return int(raw or 0)
+
+    def message(self, ids: list[int], actor: str = "categorize_batch") -> dramatiq.Message[Any]:
+        return dramatiq.Message(
+            queue_name=self.queue, actor_name=actor, args=({"expense_ids": ids},), kwargs={}, options={}
+        )
+
+    def kill(self, message: dramatiq.Message[Any], error: str = "boom", *, record: bool = True) -> None:
+        """Enqueue, fetch and nack: the message is now a dead letter; its failure is logged."""
+        self.broker.enqueue(message)
+        consumer = self.broker.consume(self.queue, prefetch=1, timeout=200)
+        try:
+            got = wait_for(lambda: next(consumer), what="the message")
+            assert got.message_id == message.message_id
+            consumer.nack(got)
+        finally:
+            consumer.close()
+        if record:
+            self.failures.record(
+                FailureRecord(
+                    message_id=message.message_id,
+                    queue_name=self.queue,
+                    actor_name=message.actor_name,
+                    retries=2,
+                    error_type="DatabaseConflict",
+                    error=error,
+                    dead=True,
+                    at_ms=int(time.time() * 1000),
+                )
+            )
+
+    def take(self) -> list[dramatiq.Message[Any]]:
+        """Every message now in the live queue (consumed and acked)."""
+        consumer = self.broker.consume(self.queue, prefetch=50, timeout=100)
+        out = []
+        try:
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                got = next(consumer)
+                if got is not None:
+                    consumer.ack(got)
+                    out.append(got._message)
+        finally:
+            consumer.close()
+        return out
+
+    def close(self) -> None:
+        self.store.close()
+        if self.kind == "rabbitmq":
+            conn = pika.BlockingConnection(pika.URLParameters(RABBIT_URL))
+            ch = conn.channel()
+            for q in (self.queue, f"{self.queue}.DQ", f"{self.queue}.XQ"):
+                ch.queue_delete(q)
+            conn.close()
+        self.broker.close()
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def backend(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Backend]:
+    b = Backend(request.param, settings)
+    yield b
+    b.close()
+
+
+def audit_rows(settings: Settings, since_id: int = 0) -> list[tuple[Any, ...]]:
+    with psycopg.connect(settings.database_url) as conn:
+        return conn.execute(
+            "SELECT id, broker, action, filter, dry_run, count, message_ids FROM dead_letter_actions"
+            " WHERE id > %s ORDER BY id",
+            (since_id,),
+        ).fetchall()
+
+
+def last_audit_id(settings: Settings) -> int:
+    with psycopg.connect(settings.database_url) as conn:
+        return conn.execute("SELECT coalesce(max(id), 0) FROM dead_letter_actions").fetchone()[0]  # type: ignore[index]
+
+
+def test_list_is_newest_first_with_the_final_error(backend: Backend) -> None:
+    first, second = backend.message([1, 2, 3]), backend.message([4])
+    backend.kill(first, "first failure")
+    time.sleep(0.01)
+    backend.kill(second, "second failure")
+    letters = backend.store.find(DeadLetterFilter(queue=backend.queue))
+    assert [x.message_id for x in letters] == [second.message_id, first.message_id]
+    newest = letters[0]
+    assert (newest.actor_name, newest.expense_ids, newest.error_type, newest.error) == (
+        "categorize_batch",
+        1,
+        "DatabaseConflict",
+        "second failure",
+    )
+    assert abs(newest.died_at_ms - time.time() * 1000) < 60_000
+    assert letters[1].expense_ids == 3
+
+
+def test_filters_by_actor_error_and_age(backend: Backend) -> None:
+    a = backend.message([1], actor="categorize_batch")
+    b = backend.message([2], actor="learn_from_correction")
+    backend.kill(a, "deadlock detected")
+    backend.kill(b, "unknown category 'x'")
+    q = backend.queue
+    assert [
+        x.message_id for x in backend.store.find(DeadLetterFilter(queue=q, actor="learn_from_correction"))
+    ] == [b.message_id]
+    assert [x.message_id for x in backend.store.find(DeadLetterFilter(queue=q, error="DEADLOCK"))] == [
+        a.message_id
+    ]
+    assert backend.store.find(DeadLetterFilter(queue=q, older_than_s=3600)) == []
+    assert len(backend.store.find(DeadLetterFilter(queue=q, newer_than_s=3600))) == 2
+    assert backend.store.find(DeadLetterFilter(queue="no-such-queue")) == []
+
+
+def test_show_has_the_whole_message_and_its_history(backend: Backend) -> None:
+    m = backend.message([7, 8])
+    backend.kill(m, "the end")
+    letter = backend.store.show(m.message_id)
+    assert letter is not None and letter.payload is not None
+    assert letter.payload["args"] == [{"expense_ids": [7, 8]}]
+    assert [(r.error, r.dead) for r in letter.history] == [("the end", True)]
+    assert backend.store.show("no-such-id") is None
+
+
+def test_replay_by_id_resets_retries_keeps_ids_and_is_audited(backend: Backend, settings: Settings) -> None:
+    keep, back = backend.message([1]), backend.message([2])
+    backend.kill(keep)
+    backend.kill(back.copy(options={"retries": 3, "traceback": "Traceback ...", "max_retries": 4}))
+    since = last_audit_id(settings)
+    before = backend.replayed_count()
+
+    report = backend.store.replay(DeadLetterFilter(ids=(back.message_id,)), operator="tester")
+
+    assert (report.matched, report.done, report.message_ids) == (1, 1, [back.message_id])
+    [again] = backend.take()
+    assert again.message_id == back.message_id and again.message_timestamp == back.message_timestamp
+    assert again.queue_name == backend.queue and again.args == back.args
+    assert "retries" not in again.options and "traceback" not in again.options and "eta" not in again.options
+    assert again.options["max_retries"] == 4
+    assert [x.message_id for x in backend.store.find(DeadLetterFilter(queue=backend.queue))] == [
+        keep.message_id
+    ]
+    [row] = audit_rows(settings, since)
+    assert row[1:3] == (backend.store.broker, "replay") and row[4:] == (False, 1, [back.message_id])
+    assert row[3]["ids"] == [back.message_id]
+    assert backend.replayed_count() == before + (1 if backend.kind == "redis" else 0)
+
+
+def test_replay_dry_run_limit_and_rate(backend: Backend) -> None:
+    msgs = [backend.message([i]) for i in range(1, 5)]
+    for m in msgs:
+        backend.kill(m)
+    flt = DeadLetterFilter(queue=backend.queue)
+    dry = backend.store.replay(flt, dry_run=True)
+    assert (dry.matched, dry.done, len(dry.message_ids)) == (4, 0, 4)
+    assert len(backend.store.find(flt)) == 4 and backend.take() == []
+
+    report = backend.store.replay(flt, limit=3, rate=1000)
+    assert report.done == 3
+    assert set(report.message_ids) == {m.message_id for m in msgs[1:]}  # the newest three
+    assert {m.message_id for m in backend.take()} == set(report.message_ids)
+    assert [x.message_id for x in backend.store.find(flt)] == [msgs[0].message_id]
+
+
+def test_purge_by_filter_is_audited(backend: Backend, settings: Settings) -> None:
+    a, b = backend.message([1]), backend.message([2])
+    backend.kill(a, "bad data")
+    backend.kill(b, "other")
+    since = last_audit_id(settings)
+    report = backend.store.purge(DeadLetterFilter(queue=backend.queue, error="bad data"), operator="tester")
+    assert (report.done, report.message_ids) == (1, [a.message_id])
+    assert [x.message_id for x in backend.store.find(DeadLetterFilter(queue=backend.queue))] == [b.message_id]
+    assert backend.take() == []
+    [row] = audit_rows(settings, since)
+    assert row[2] == "purge" and row[5] == 1
+
+
+def test_undecodable_dead_letter_is_listed_and_purgeable_not_replayable(backend: Backend) -> None:
+    if backend.kind == "redis":
+        client = redis.Redis.from_url(backend.settings.broker_url)
+        ns = backend.settings.broker_namespace
+        client.zadd(f"{ns}:{backend.queue}.XQ", {"rid-bad": time.time() * 1000})
+        client.hset(f"{ns}:{backend.queue}.XQ.msgs", "rid-bad", b"{not json")
+        client.close()
+    else:
+        conn = pika.BlockingConnection(pika.URLParameters(RABBIT_URL))
+        channel = conn.channel()
+        channel.queue_declare(
+            f"{backend.queue}.XQ", durable=True, arguments={"x-message-ttl": DEAD_MESSAGE_TTL}
+        )
+        channel.basic_publish("", f"{backend.queue}.XQ", b"{not json")
+        conn.close()
+    flt = DeadLetterFilter(queue=backend.queue)
+    [letter] = wait_for(lambda: backend.store.find(flt), what="the raw dead letter")
+    assert letter.payload is None
+    report = backend.store.replay(flt)
+    assert report.done == 0 and list(report.skipped.values()) == ["not a readable message: purge it instead"]
+    assert backend.store.purge(flt).done == 1
+    assert backend.store.find(flt) == []
+
+
+@pytest.fixture
+def redis_backend(settings: Settings) -> Iterator[Backend]:
+    b = Backend("redis", settings)
+    yield b
+    b.close()
+
+
+def test_cli_list_show_replay_purge_json(redis_backend: Backend) -> None:
+    """The CLI over the Redis store (the RabbitMQ store looks at the fleet's fixed queue names)."""
+    import json
+
+    backend = redis_backend
+
+    a, b = backend.message([5, 6]), backend.message([9])
+    backend.kill(a, "cli error a")
+    backend.kill(b, "cli error b")
+    env = settings_env(backend.settings)
+    q = backend.queue
+
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "workers", "dlq", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            input=stdin,
+        )
+
+    out = run("list", "--queue", q, "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [r["message_id"] for r in rows] == [b.message_id, a.message_id]
+    assert rows[1]["expense_ids"] == 2 and rows[1]["error"] == "cli error a"
+    shown = json.loads(run("show", a.message_id, "--json").stdout)
+    assert (
+        shown["payload"]["args"] == [{"expense_ids": [5, 6]}]
+        and shown["history"][0]["error"] == "cli error a"
+    )
+    assert run("replay").returncode != 0  # neither ids, filter nor --all
+    dry = json.loads(run("replay", "--queue", q, "--dry-run", "--json").stdout)
+    assert dry["matched"] == 2 and dry["done"] == 0
+    replayed = json.loads(run("replay", a.message_id, "--json").stdout)
+    assert replayed["message_ids"] == [a.message_id]
+    refused = run("purge", "--queue", q, stdin="n\n")
+    assert refused.returncode == 1 and "nothing purged" in refused.stdout
+    purged = json.loads(run("purge", "--queue", q, "--yes", "--json").stdout)
+    assert purged["message_ids"] == [b.message_id]
+    assert json.loads(run("list", "--queue", q, "--json").stdout) == []
