@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("settings", help="print the effective settings (passwords redacted)")
     p.set_defaults(func=cmd_settings)
+
+    from workers.commands import bench, correct, patterns
+
+    correct.register(sub)
+    patterns.register(sub)
+    bench.register(sub)
     return parser
 
 
