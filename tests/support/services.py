@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -110,7 +110,15 @@ def wait_for(
 class WorkerProcess:
     """``catfleet worker`` as a real child process (its own process group)."""
 
-    def __init__(self, settings: Settings, log_path: Path, *, processes: int = 1, threads: int = 2):
+    def __init__(
+        self,
+        settings: Settings,
+        log_path: Path,
+        *,
+        processes: int = 1,
+        threads: int = 2,
+        queues: Sequence[str] = (),
+    ):
         self.settings = settings
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -124,6 +132,7 @@ class WorkerProcess:
                 str(processes),
                 "--threads",
                 str(threads),
+                *(["--queues", *queues] if queues else []),
             ],
             env=settings_env(settings),
             cwd=ROOT,
