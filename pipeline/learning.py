@@ -102,6 +102,7 @@ class Learner:
         user_id, merchant_name, previous_category, previous_pattern, previous_source, chosen = ctx
         if chosen is None:
             raise UnknownCategory(c.category_key)
+        conn.execute(queries.LOCK_RULESET)
         row = conn.execute(
             queries.INSERT_CORRECTION,
             {

@@ -85,6 +85,13 @@ LEFT JOIN categorizations c ON c.expense_id = e.id
 WHERE e.id = %(expense_id)s AND e.deleted_at IS NULL
 """
 
+#: Corrections take the ruleset row first: the pattern trigger would take it at their first
+#: pattern change anyway, and taking it before any pattern row means two corrections of the same
+#: merchant cannot deadlock (each would hold its own pattern row and wait for the other's).
+LOCK_RULESET: LiteralString = """
+SELECT version FROM ruleset FOR UPDATE
+"""
+
 #: Record the correction; nothing comes back when a concurrent replay recorded it first.
 INSERT_CORRECTION: LiteralString = """
 INSERT INTO corrections (expense_id, user_id, category_id, previous_category_id, idempotency_key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -229,3 +230,20 @@ def test_expense_without_a_merchant_gets_the_user_row_and_no_pattern(
     report = learner.learn(fix(e, "fuel"))
     assert report.pattern_id is None and row_of(conn, e)[0] == cats["fuel"]
     assert [p for p in patterns(conn) if p[6] == "learned"] == []
+
+
+def test_concurrent_conflicting_corrections_keep_consistent_counters(
+    learner: Learner, conn: psycopg.Connection[Any], cats: dict[str, int]
+) -> None:
+    ids = data.add_expenses(conn, ["AMAZON MKTPLACE"] * 24, user_id=2)
+    keys = ["groceries", "coffee", "dining"]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        reports = list(pool.map(lambda i: learner.learn(fix(ids[i], keys[i % 3])), range(len(ids))))
+    assert not any(r.duplicate for r in reports)
+    rows = conn.execute(
+        "SELECT category_id, usage_count, success_count, weight FROM categorization_patterns"
+        " WHERE source = 'learned' ORDER BY category_id"
+    ).fetchall()
+    assert [r[2] for r in rows] == [8, 8, 8]
+    assert max(r[1] for r in rows) == 24  # the oldest pattern saw every correction of the merchant
+    assert all(r[3] == pytest.approx((r[2] + 0.5) / (r[1] + 1), abs=1e-6) for r in rows)
