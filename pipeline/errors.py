@@ -53,3 +53,23 @@ class CacheUnavailable(TransientError):
 
 class BrokerUnavailable(TransientError):
     """The broker refused or dropped an enqueue; the messages may be sent again later."""
+
+
+class UnknownExpense(PermanentError):
+    """An expense id that does not exist (or was deleted)."""
+
+    def __init__(self, expense_id: int) -> None:
+        super().__init__(f"unknown expense {expense_id} (it does not exist or was deleted)")
+        self.expense_id = expense_id
+
+
+class UnknownPattern(PermanentError):
+    """A pattern id that does not exist."""
+
+    def __init__(self, pattern_id: int) -> None:
+        super().__init__(f"unknown pattern {pattern_id}")
+        self.pattern_id = pattern_id
+
+
+class ConflictingCorrection(PermanentError):
+    """An idempotency key already used for a different correction."""

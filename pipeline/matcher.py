@@ -2,8 +2,8 @@
 
 Precedence, highest first: the user's own merchant preference, the user's other patterns,
 global merchant patterns, global rules. Within a tier the category with the highest combined
-score wins (ties: lowest category id); a competing category in the same tier lowers the
-confidence; agreeing hits from other tiers raise it. Below the suggest threshold the
+score wins (ties: lowest category id); a competing category in the same tier, or in a stronger
+tier that was too unsure to decide, lowers the confidence; agreeing hits from other tiers raise it. Below the suggest threshold the
 expense stays uncategorized.
 """
 
@@ -85,7 +85,12 @@ def decide(hits: Sequence[Hit], thresholds: Thresholds) -> Decision:
         score, neg_category = ranked[0]
         category = -neg_category
         runner_up = ranked[1][0] if len(ranked) > 1 else 0.0
-        confidence = score * (1.0 - CONFLICT_PENALTY * runner_up)
+        # A weaker tier decides only what the stronger ones left open: their disagreeing hits
+        # (the user's own, ambiguous history of a merchant) count against it like a runner-up.
+        overruled = max(
+            (_combine(s) for t, c, s in _groups(ordered) if t < tier and c != category), default=0.0
+        )
+        confidence = score * (1.0 - CONFLICT_PENALTY * max(runner_up, overruled))
         for h in ordered:
             if _tier(h) != tier and h.pattern.category_id == category:
                 confidence = 1.0 - (1.0 - confidence) * (1.0 - SUPPORT_BONUS * h.score)
@@ -99,6 +104,14 @@ def decide(hits: Sequence[Hit], thresholds: Thresholds) -> Decision:
     reason = "no pattern fired" if not hits else "every candidate scored below the suggest threshold"
     explanation = {"decided_by": None, "reason": reason, "fired": fired}
     return Decision(None, None, round(best_weak, 4), "none", "none", explanation)
+
+
+def _groups(hits: Sequence[Hit]) -> list[tuple[int, int, list[float]]]:
+    """(tier, category, scores) for every tier and category that has hits."""
+    groups: dict[tuple[int, int], list[float]] = {}
+    for h in hits:
+        groups.setdefault((_tier(h), h.pattern.category_id), []).append(h.score)
+    return [(t, c, s) for (t, c), s in groups.items()]
 
 
 def _explain(hit: Hit) -> dict[str, object]:

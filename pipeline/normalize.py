@@ -28,6 +28,8 @@ _STORE_NO = re.compile(
     r"(?:\b(?:store|str|no|nr|unit|branch|loc)\.?\s*)?#\s*\d+|\b(?:store|no|nr)\.?\s+\d+\b"
 )
 _DIGITS = re.compile(r"\b[a-z]*\d[a-z\d]*\b")  # tokens with digits: store numbers, refs, dates
+_PURE_DIGITS = re.compile(r"\b\d+\b")
+_LETTER = re.compile(r"[^\W\d_]")
 _NON_WORD = re.compile(r"[^\w&' ]+|_")
 _SPACES = re.compile(r"\s+")
 _SUFFIXES = frozenset(
@@ -126,7 +128,10 @@ def normalize_merchant(raw: str) -> str:
     text = _PHONE.sub(" ", text)
     text = _STORE_NO.sub(" ", text)
     text = text.replace("*", " ")
-    text = _DIGITS.sub(" ", text)
+    without_digits = _DIGITS.sub(" ", text)
+    if _LETTER.search(without_digits) is None:  # 'O2', '3M': the digits are part of the name
+        without_digits = _PURE_DIGITS.sub(" ", text)
+    text = without_digits
     text = _NON_WORD.sub(" ", text).replace("'", "")
     tokens = [t for t in _SPACES.split(text) if t and t != "&"]
     while len(tokens) > 1 and (tokens[-1] in _SUFFIXES or tokens[-1] in _US_STATES):

@@ -138,3 +138,141 @@ INSERT_DEAD_LETTER_ACTION: LiteralString = """
 INSERT INTO dead_letter_actions (operator, broker, action, filter, dry_run, count, message_ids)
 VALUES (%(operator)s, %(broker)s, %(action)s, %(filter)s, %(dry_run)s, %(count)s, %(message_ids)s)
 """
+
+# --- Learning from corrections (pipeline/learning.py): one transaction per correction. ---
+
+#: A correction already recorded under this idempotency key (a replay).
+FIND_CORRECTION: LiteralString = """
+SELECT c.id, c.expense_id, c.category_id, k.key
+FROM corrections c JOIN categories k ON k.id = c.category_id
+WHERE c.idempotency_key = %(key)s
+"""
+
+#: The expense, its current categorization and the chosen category (shared or the user's own).
+LOAD_CORRECTION_CONTEXT: LiteralString = """
+SELECT e.user_id, e.merchant_name, c.category_id, c.pattern_id, c.source,
+       (SELECT k.id FROM categories k
+        WHERE k.key = %(category_key)s AND (k.user_id IS NULL OR k.user_id = e.user_id)) AS chosen
+FROM expenses e
+LEFT JOIN categorizations c ON c.expense_id = e.id
+WHERE e.id = %(expense_id)s AND e.deleted_at IS NULL
+"""
+
+#: Corrections take the ruleset row first: the pattern trigger would take it at their first
+#: pattern change anyway, and taking it before any pattern row means two corrections of the same
+#: merchant cannot deadlock (each would hold its own pattern row and wait for the other's).
+LOCK_RULESET: LiteralString = """
+SELECT version FROM ruleset FOR UPDATE
+"""
+
+#: Record the correction; nothing comes back when a concurrent replay recorded it first.
+INSERT_CORRECTION: LiteralString = """
+INSERT INTO corrections (expense_id, user_id, category_id, previous_category_id, idempotency_key)
+VALUES (%(expense_id)s, %(user_id)s, %(category_id)s, %(previous_category_id)s, %(key)s)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING id
+"""
+
+#: Create or strengthen the user's merchant pattern for the chosen category. A learned pattern's
+#: weight is its smoothed success ratio, (success + PRIOR_SUCCESS) / (usage + PRIOR_TOTAL), where
+#: usage counts every correction of this user for this merchant (a new pattern inherits the count
+#: of its older siblings); a pattern a person saved (source seed/user) keeps its weight.
+LEARN_MERCHANT_PATTERN: LiteralString = """
+INSERT INTO categorization_patterns AS p
+    (user_id, category_id, kind, value, weight, source, usage_count, success_count)
+SELECT %(user_id)s, %(category_id)s, 'merchant', %(value)s,
+       (1 + %(prior_success)s) / (n.usage + 1 + %(prior_total)s), 'learned', n.usage + 1, 1
+FROM (SELECT coalesce(max(usage_count), 0) AS usage FROM categorization_patterns
+      WHERE user_id = %(user_id)s AND kind = 'merchant' AND value = %(value)s) n
+ON CONFLICT ON CONSTRAINT categorization_patterns_uniq DO UPDATE SET
+    usage_count = p.usage_count + 1,
+    success_count = p.success_count + 1,
+    weight = CASE WHEN p.source = 'learned'
+                  THEN (p.success_count + 1 + %(prior_success)s) / (p.usage_count + 1 + %(prior_total)s)
+                  ELSE p.weight END,
+    updated_at = now()
+RETURNING id
+"""
+
+#: The user's other patterns for the same merchant lost this vote: their usage grows, so a
+#: learned one's success ratio (its weight) falls. Locked in id order (one order for all writers).
+WEAKEN_MERCHANT_SIBLINGS: LiteralString = """
+UPDATE categorization_patterns p SET
+    usage_count = p.usage_count + 1,
+    weight = CASE WHEN p.source = 'learned'
+                  THEN (p.success_count + %(prior_success)s) / (p.usage_count + 1 + %(prior_total)s)
+                  ELSE p.weight END,
+    updated_at = now()
+WHERE p.id IN (SELECT id FROM categorization_patterns
+               WHERE user_id = %(user_id)s AND kind = 'merchant' AND value = %(value)s
+                 AND category_id <> %(category_id)s
+               ORDER BY id FOR UPDATE)
+RETURNING p.id
+"""
+
+#: The pattern behind the wrong automatic answer, when it is the user's own and not one of the
+#: merchant siblings above: weight times WEAKEN_FACTOR (never below MIN_WEIGHT), switched off
+#: below DEACTIVATE_BELOW. A global pattern only counts the miss (one user's correction does not
+#: change everybody's rules; the user's learned pattern outranks it for that user anyway).
+WEAKEN_PREVIOUS_PATTERN: LiteralString = """
+UPDATE categorization_patterns p SET
+    usage_count = p.usage_count + 1,
+    weight = CASE WHEN p.user_id IS NULL THEN p.weight
+                  ELSE greatest(%(min_weight)s, p.weight * %(factor)s) END,
+    active = CASE WHEN p.user_id IS NULL THEN p.active
+                  ELSE p.active AND p.weight * %(factor)s >= %(deactivate_below)s END,
+    updated_at = now()
+WHERE p.id = %(pattern_id)s AND p.category_id <> %(category_id)s
+  AND (p.user_id IS NULL OR p.user_id = %(user_id)s)
+  AND NOT (p.user_id IS NOT NULL AND p.kind = 'merchant' AND p.value = %(value)s)
+RETURNING p.id, p.user_id IS NOT NULL AS weakened
+"""
+
+#: The user's own category: source 'user', never overwritten by automatic runs afterwards.
+WRITE_USER_CATEGORIZATION: LiteralString = """
+INSERT INTO categorizations AS c (
+    expense_id, category_id, pattern_id, confidence, band, method, explanation,
+    ruleset_version, message_id, correlation_id, source)
+VALUES (%(expense_id)s, %(category_id)s, %(pattern_id)s, 1.0, 'auto', 'user', %(explanation)s::jsonb,
+        (SELECT version FROM ruleset), %(message_id)s, %(correlation_id)s, 'user')
+ON CONFLICT (expense_id) DO UPDATE SET
+    category_id = EXCLUDED.category_id, pattern_id = EXCLUDED.pattern_id,
+    confidence = EXCLUDED.confidence, band = EXCLUDED.band, method = EXCLUDED.method,
+    explanation = EXCLUDED.explanation, ruleset_version = EXCLUDED.ruleset_version,
+    message_id = EXCLUDED.message_id, correlation_id = EXCLUDED.correlation_id,
+    source = 'user', enqueued_at = NULL, categorized_at = clock_timestamp()
+RETURNING ruleset_version
+"""
+
+# --- Pattern management (pipeline/patterns.py, `catfleet patterns`). ---
+
+LIST_PATTERNS: LiteralString = """
+SELECT p.id, p.user_id, k.key, p.kind, p.value, p.weight::float8, p.source, p.active,
+       p.usage_count, p.success_count, p.updated_at
+FROM categorization_patterns p JOIN categories k ON k.id = p.category_id
+WHERE (%(user_id)s::bigint IS NULL OR p.user_id = %(user_id)s::bigint)
+  AND (%(source)s::text IS NULL OR p.source = %(source)s::text)
+  AND (%(kind)s::text IS NULL OR p.kind = %(kind)s::text)
+ORDER BY p.id
+LIMIT %(limit)s
+"""
+
+SET_PATTERN_ACTIVE: LiteralString = """
+UPDATE categorization_patterns SET active = %(active)s, updated_at = now()
+WHERE id = %(id)s
+RETURNING id
+"""
+
+CATEGORY_ID_BY_KEY: LiteralString = """
+SELECT id FROM categories WHERE key = %(key)s AND (user_id IS NULL OR user_id = %(user_id)s::bigint)
+"""
+
+#: Saved by a person: source 'user'. Saving an existing pattern again sets its weight and
+#: switches it back on.
+ADD_PATTERN: LiteralString = """
+INSERT INTO categorization_patterns AS p (user_id, category_id, kind, value, weight, source)
+VALUES (%(user_id)s, %(category_id)s, %(kind)s, %(value)s, %(weight)s, 'user')
+ON CONFLICT ON CONSTRAINT categorization_patterns_uniq DO UPDATE SET
+    weight = EXCLUDED.weight, active = true, updated_at = now()
+RETURNING id, (xmax = 0) AS created
+"""

@@ -56,8 +56,11 @@ def canonical_value(kind: PatternKind | str, value: str) -> str:
         try:
             re2.compile(value, _re2_options())
         except re2.error as exc:
+            detail = exc.args[0] if exc.args else exc
+            if isinstance(detail, bytes):
+                detail = detail.decode(errors="replace")
             raise InvalidPattern(
-                f"regex rejected by RE2 (only linear-time syntax is allowed): {exc}"
+                f"regex rejected by RE2 (only linear-time syntax is allowed): {detail}"
             ) from exc
         out = value
     elif kind is PatternKind.AMOUNT_RANGE:

@@ -12,7 +12,7 @@ import msgspec
 from dramatiq.middleware import CurrentMessage
 
 from pipeline.errors import InvalidMessage, PermanentError
-from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE, CategorizeBatch
+from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE, LEARN_ACTOR, LEARN_QUEUE, CategorizeBatch, Correction
 from workers.runtime import RuntimeHolder
 
 log = logging.getLogger("catfleet.batch")
@@ -69,4 +69,36 @@ def declare_actors(broker: dramatiq.Broker, holder: RuntimeHolder) -> dict[str, 
         queue_name=CATEGORIZE_QUEUE,
         throws=(PermanentError,),
     )(categorize_batch)
-    return {CATEGORIZE_ACTOR: categorize}
+
+    def learn_from_correction(*args: Any, **kwargs: Any) -> None:
+        message = CurrentMessage.get_current_message()
+        correction = decode_payload(Correction, args, kwargs)
+        message_id = message.message_id if message else None
+        correlation_id = correction.correlation_id or message_id
+        report = holder.runtime.learner.learn(
+            correction, message_id=message_id, correlation_id=correlation_id
+        )
+        log.info(
+            "correction done",
+            extra={
+                "event": "correction",
+                "actor": LEARN_ACTOR,
+                "message_id": message_id,
+                "correlation_id": correlation_id,
+                "expense_id": correction.expense_id,
+                "duplicate": report.duplicate,
+                "category_id": report.category_id,
+                "previous_category_id": report.previous_category_id,
+                "pattern_id": report.pattern_id,
+                "weakened": report.weakened,
+                "ruleset_version": report.ruleset_version,
+            },
+        )
+
+    learn = dramatiq.actor(
+        broker=broker,
+        actor_name=LEARN_ACTOR,
+        queue_name=LEARN_QUEUE,
+        throws=(PermanentError,),
+    )(learn_from_correction)
+    return {CATEGORIZE_ACTOR: categorize, LEARN_ACTOR: learn}

@@ -158,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     register_bench(sub)
     relay_cli.add_parser(sub)
     schema_cli.add_parser(sub)
+    from workers.commands import correct, patterns
+
+    correct.register(sub)
+    patterns.register(sub)
     return parser
 
 

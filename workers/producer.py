@@ -11,7 +11,16 @@ import dramatiq
 import msgspec
 from dramatiq.brokers.redis import RedisBroker
 
-from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE, MAX_BATCH_IDS, MAX_EXPENSE_ID
+from pipeline.learning import default_correction_key
+from schemas import (
+    CATEGORIZE_ACTOR,
+    CATEGORIZE_QUEUE,
+    LEARN_ACTOR,
+    LEARN_QUEUE,
+    MAX_BATCH_IDS,
+    MAX_EXPENSE_ID,
+    Correction,
+)
 
 #: Messages sent per Redis pipeline (one round trip each).
 PIPELINE_MESSAGES = 200
@@ -57,6 +66,44 @@ class Producer:
         messages = [self.batch_message(chunk, correlation_id) for chunk in chunked(ids, self.batch_size)]
         self.send(messages)
         return EnqueueReport(len(messages), len(ids), [m.message_id for m in messages])
+
+    def correct(
+        self,
+        expense_id: int,
+        category_key: str,
+        *,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Correction:
+        """Enqueue a user's correction for ``learn_from_correction``; returns the payload sent.
+        Without a key, ``default_correction_key(expense_id, category_key)`` is used: sending the
+        same correction twice records it once. ValueError on a payload the schema refuses."""
+        raw: dict[str, Any] = {
+            "expense_id": expense_id,
+            "category_key": category_key,
+            "idempotency_key": idempotency_key
+            if idempotency_key is not None
+            else default_correction_key(expense_id, category_key),
+        }
+        if correlation_id:
+            raw["correlation_id"] = correlation_id
+        try:
+            correction = msgspec.convert(raw, Correction)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"invalid correction: {exc}") from None
+        self.broker.declare_queue(LEARN_QUEUE)
+        self.send([self.correction_message(correction)])
+        return correction
+
+    @staticmethod
+    def correction_message(correction: Correction) -> dramatiq.Message[Any]:
+        return dramatiq.Message(
+            queue_name=LEARN_QUEUE,
+            actor_name=LEARN_ACTOR,
+            args=(msgspec.to_builtins(correction),),
+            kwargs={},
+            options={},
+        )
 
     @staticmethod
     def batch_message(ids: list[int], correlation_id: str | None = None) -> dramatiq.Message[Any]:

@@ -13,6 +13,7 @@ from dramatiq.middleware import Middleware
 from pipeline.cache import CacheBreaker, LocalTier, SharedTier
 from pipeline.categorize import Categorizer
 from pipeline.db import Database
+from pipeline.learning import Learner
 from pipeline.matcher import Thresholds
 from pipeline.resolver import PatternResolver
 from pipeline.settings import Settings
@@ -40,6 +41,7 @@ class Runtime:
             writer=CategorizationStore(self.db),
             thresholds=Thresholds(auto=settings.auto_threshold, suggest=settings.suggest_threshold),
         )
+        self.learner = Learner(self.db)
 
     def _observe_breaker(self) -> None:
         from workers import metrics  # after boot: the multiprocess directory is set by then

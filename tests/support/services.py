@@ -131,6 +131,7 @@ class WorkerProcess:
         processes: int = 1,
         threads: int = 2,
         extra_args: Sequence[str] = (),
+        queues: Sequence[str] = (),
     ):
         self.settings = settings
         self.log_path = log_path
@@ -146,6 +147,7 @@ class WorkerProcess:
                 "--threads",
                 str(threads),
                 *extra_args,
+                *(["--queues", *queues] if queues else []),
             ],
             env=settings_env(settings),
             cwd=ROOT,

@@ -24,6 +24,23 @@ from pipeline.normalize import merchant_keys, normalize_merchant, normalize_text
         ("日本料理 東京", "日本料理 東京"),
         ("", ""),
         ("#1234 5678", ""),
+        # UK card strings as the network sends them (lower-case, cut at ~20-25 characters)
+        ("o2", "o2"),  # a name made of a digit token is kept when nothing else is left
+        ("3M", "3m"),
+        ("wagamama limited 218", "wagamama"),
+        ("tesco pfs 4471", "tesco pfs"),
+        ("www.pizzahut.co.uk", "pizzahut"),
+        ("yay.com", "yay"),
+        ("hassan  brosthers(summer", "hassan brosthers summer"),
+        ("l.g. davis (statio", "l g davis statio"),
+        ("the rolling mill", "rolling mill"),
+        ("costco online uk limited", "costco online uk"),
+        ("sainsbury's s/mkts", "sainsburys s mkts"),
+        ("pfs @mfg kings norton", "pfs mfg kings norton"),
+        ("welcome b/kfc", "welcome b kfc"),
+        ("uber   eats", "uber eats"),
+        ("paypal *sgsa", "sgsa"),
+        ("AMAZON.CO.UK*2K4H71", "amazon"),
     ],
 )
 def test_normalize_merchant(raw: str, normalized: str) -> None:
@@ -31,7 +48,13 @@ def test_normalize_merchant(raw: str, normalized: str) -> None:
 
 
 def test_normalization_is_idempotent() -> None:
-    for raw in ["PAYPAL *STARBUCKS 402935", "TST* WALMART STORE #4567", "Café Rouge Ltd"]:
+    for raw in [
+        "PAYPAL *STARBUCKS 402935",
+        "TST* WALMART STORE #4567",
+        "Café Rouge Ltd",
+        "O2",
+        "l.g. davis (statio",
+    ]:
         once = normalize_merchant(raw)
         assert normalize_merchant(once) == once
 

@@ -112,3 +112,24 @@ def test_agreeing_rules_from_other_tiers_raise_confidence() -> None:
     hits = [*merchant_hits(7, ["joes"], found), Hit(pat(2, 60, "keyword", "pizza", 0.8), 0.8, "kw")]
     d = decide(hits, T)
     assert d.band == "auto" and d.confidence == pytest.approx(1 - 0.2 * 0.6)
+
+
+def test_an_unsure_user_history_lowers_a_global_answer() -> None:
+    """The user's learned patterns for a merchant disagree (too unsure to decide): a global
+    pattern may still answer, but not with the confidence it would have alone."""
+    glob = pat(3, 70, "merchant", "amazon", 0.95)
+    alone = decide(merchant_hits(7, ["amazon"], {(0, "amazon"): (glob,)}), T)
+    assert (alone.category_id, alone.band, alone.confidence) == (70, "auto", 0.95)
+    found = {
+        (7, "amazon"): (
+            pat(1, 71, "merchant", "amazon", 0.58, user=7),
+            pat(2, 72, "merchant", "amazon", 0.42, user=7),
+        ),
+        (0, "amazon"): (glob,),
+    }
+    d = decide(merchant_hits(7, ["amazon"], found), T)
+    assert (d.category_id, d.band) == (None, "none")  # alone it would have been auto
+    assert d.confidence == pytest.approx(0.95 * (1 - 0.5 * 0.58), abs=1e-4)
+    sure = {(7, "amazon"): (pat(1, 71, "merchant", "amazon", 0.2, user=7),), (0, "amazon"): (glob,)}
+    d = decide(merchant_hits(7, ["amazon"], sure), T)
+    assert (d.category_id, d.confidence, d.explanation["decided_by"]) == (70, 0.855, "global_merchant")

@@ -9,7 +9,10 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from pipeline.settings import Settings
 from workers.bench import cache, relay, scenarios
@@ -104,6 +107,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--relays", type=int, default=1, help="relay processes")
     p.add_argument("--samples", type=int, default=200, help="single-expense transactions for latency")
     p.add_argument("--rate", type=float, default=20.0, help="their rate per second")
+
+    p = scenarios_sub.add_parser(
+        "quality", help="learn from the earlier months' labels, categorize the later months, score each band"
+    )
+    p.add_argument("--data", type=Path, required=True, help="labelled CSV (Birmingham p-card format)")
+    p.add_argument(
+        "--split-month",
+        metavar="YYYY-MM",
+        help="first test month (default: the latest months holding about 25 %% of the labelled rows)",
+    )
+    p.add_argument("--json", action="store_true", help="the report as one JSON object")
+    p.set_defaults(func=run_quality)
+
+
+def run_quality(settings: Settings, args: argparse.Namespace) -> int:
+    """Runs the learning path and the Categorizer in-process on its own throwaway database."""
+    from workers.bench.quality import format_report, run_quality_bench
+
+    if not args.data.is_file():
+        raise SystemExit(f"catfleet bench quality: no such file: {args.data}")
+    try:
+        report = run_quality_bench(settings, args.data, split_month=args.split_month)
+    except ValueError as exc:
+        raise SystemExit(f"catfleet bench quality: {exc}") from None
+    print(msgspec.json.encode(report).decode() if args.json else format_report(report))
+    return 0
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:

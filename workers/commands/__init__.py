@@ -1,0 +1,1 @@
+"""``catfleet`` subcommands that live in their own modules; each has ``register(subparsers)``."""

@@ -1,0 +1,112 @@
+"""``catfleet patterns list|disable|enable|add``: look at and manage categorization patterns."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from pipeline.settings import Settings
+from schemas import PatternKind
+
+if TYPE_CHECKING:  # the CLI starts without importing psycopg
+    from pipeline.patterns import PatternAdmin
+
+_COLUMNS = ("id", "user", "kind", "value", "category", "weight", "source", "active", "used", "ok")
+
+
+@contextmanager
+def _admin(settings: Settings) -> Iterator[PatternAdmin]:
+    from pipeline.db import Database
+    from pipeline.patterns import PatternAdmin
+
+    db = Database.connect(settings.database_url, size=1, wait=True)
+    try:
+        yield PatternAdmin(db)
+    finally:
+        db.close()
+
+
+def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
+    with _admin(settings) as admin:
+        rows = admin.list(user_id=args.user, source=args.source, kind=args.kind)
+    if args.json:
+        print(msgspec.json.encode(rows).decode())
+        return 0
+    table = [
+        (
+            str(r.id),
+            "global" if r.user_id is None else str(r.user_id),
+            r.kind,
+            r.value if len(r.value) <= 40 else r.value[:39] + "…",
+            r.category,
+            f"{r.weight:.3f}",
+            r.source,
+            "yes" if r.active else "no",
+            str(r.usage_count),
+            str(r.success_count),
+        )
+        for r in rows
+    ]
+    widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(_COLUMNS)]
+    for row in [_COLUMNS, *table]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(f"{len(rows)} pattern(s)")
+    return 0
+
+
+def _switch(active: bool) -> Callable[[Settings, argparse.Namespace], int]:
+    def cmd(settings: Settings, args: argparse.Namespace) -> int:
+        with _admin(settings) as admin:
+            admin.set_active(args.id, active)
+        print(f"pattern {args.id} {'enabled' if active else 'disabled'}")
+        return 0
+
+    return cmd
+
+
+def cmd_add(settings: Settings, args: argparse.Namespace) -> int:
+    with _admin(settings) as admin:
+        pattern_id, created = admin.add(
+            kind=args.kind,
+            value=args.value,
+            category_key=args.category,
+            user_id=args.user,
+            weight=args.weight,
+        )
+    if args.json:
+        print(json.dumps({"id": pattern_id, "created": created}))
+    else:
+        print(f"pattern {pattern_id} {'added' if created else 'updated and enabled'}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    kinds = [k.value for k in PatternKind]
+    p = sub.add_parser("patterns", help="list, disable, enable and add categorization patterns")
+    psub = p.add_subparsers(dest="patterns_command", required=True)
+
+    q = psub.add_parser("list", help="list patterns (learned ones included)")
+    q.add_argument("--user", type=int, help="only this user's patterns")
+    q.add_argument("--source", choices=["seed", "user", "learned"])
+    q.add_argument("--kind", choices=kinds)
+    q.add_argument("--json", action="store_true", help="a JSON array")
+    q.set_defaults(func=cmd_list)
+
+    for name, active in (("disable", False), ("enable", True)):
+        q = psub.add_parser(name, help=f"{name} a pattern (every worker sees it on its next batch)")
+        q.add_argument("id", type=int, metavar="ID")
+        q.set_defaults(func=_switch(active))
+
+    q = psub.add_parser("add", help="save a pattern (source user); a regex RE2 rejects is refused")
+    q.add_argument("--kind", required=True, choices=kinds)
+    q.add_argument("--value", required=True)
+    q.add_argument("--category", required=True, help="category key")
+    q.add_argument("--user", type=int, help="the user it belongs to (default: global)")
+    q.add_argument("--weight", type=float, default=0.9, help="in (0, 1], default 0.9")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_add)
