@@ -9,11 +9,12 @@ from collections.abc import Sequence
 
 import msgspec
 
-from pipeline.matcher import Decision, MerchantKey, Thresholds, decide, merchant_hits
+from pipeline.cache.base import Entry
+from pipeline.matcher import USER_MARKER, Decision, MerchantKey, Thresholds, decide, merchant_hits
 from pipeline.normalize import merchant_keys, normalize_merchant
 from pipeline.resolver import PatternResolver
 from pipeline.stores import CategorizationStore, ExpenseStore, WriteMeta
-from schemas import Outcome
+from schemas import Expense, Outcome
 
 
 class BatchReport(msgspec.Struct, kw_only=True):
@@ -64,12 +65,7 @@ class Categorizer:
         if todo and loaded.ruleset_version is not None:
             version = loaded.ruleset_version
             keys_of = {e.id: merchant_keys(normalize_merchant(e.merchant_name)) for e in todo}
-            wanted: set[MerchantKey] = set()
-            for e in todo:
-                for key in keys_of[e.id]:
-                    wanted.add((e.user_id, key))
-                    wanted.add((0, key))
-            found = self.resolver.merchants(version, wanted, cache) if wanted else {}
+            found = self._merchant_patterns(version, todo, keys_of, cache)
             rules = self.resolver.rules(version)
             decisions: list[tuple[int, Decision]] = []
             for e in todo:
@@ -102,6 +98,19 @@ class Categorizer:
             categories=dict(categories),
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
+
+    def _merchant_patterns(
+        self, version: int, todo: Sequence[Expense], keys_of: dict[int, list[str]], cache: Counter[str]
+    ) -> dict[MerchantKey, Entry]:
+        """Global entries for every merchant key, plus whether each user has merchant patterns of
+        their own; then the per-user entries, for those users only (most users have none)."""
+        wanted: set[MerchantKey] = {(e.user_id, USER_MARKER) for e in todo}
+        wanted.update((0, key) for e in todo for key in keys_of[e.id])
+        found = self.resolver.merchants(version, wanted, cache)
+        own = {(e.user_id, key) for e in todo if found[(e.user_id, USER_MARKER)] for key in keys_of[e.id]}
+        if own:
+            found.update(self.resolver.merchants(version, own, cache))
+        return found
 
 
 def _outcome(d: Decision) -> Outcome:

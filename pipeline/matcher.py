@@ -26,6 +26,9 @@ MAX_EXPLAINED_HITS = 8
 
 TIERS = ("user_merchant", "user_rule", "global_merchant", "global_rule")
 MerchantKey = tuple[int, str]  # (user id, or 0 for global; normalized merchant)
+#: The merchant value of the key ``(user, USER_MARKER)``: its entry is empty when the user has no
+#: merchant patterns of their own (then none of their per-merchant keys need looking up).
+USER_MARKER = ""
 
 
 class Thresholds(msgspec.Struct, frozen=True):
@@ -71,47 +74,43 @@ def _combine(scores: Sequence[float]) -> float:
 
 
 def decide(hits: Sequence[Hit], thresholds: Thresholds) -> Decision:
-    ordered = sorted(hits, key=lambda h: (_tier(h), -h.score, h.pattern.id))
-    fired = [_explain(h) for h in ordered[:MAX_EXPLAINED_HITS]]
+    if not hits:
+        return _NO_HIT
+    # One pass: each hit's tier, the hits in precedence order, and the scores per (tier, category).
+    ordered = sorted((_tier(h), -h.score, h.pattern.id, i, h) for i, h in enumerate(hits))
+    groups: dict[tuple[int, int], list[float]] = {}
+    for tier, _, _, _, h in ordered:
+        groups.setdefault((tier, h.pattern.category_id), []).append(h.score)
+    combined = {key: _combine(scores) for key, scores in groups.items()}
+    fired = [_explain(h) for *_, h in ordered[:MAX_EXPLAINED_HITS]]
     best_weak = 0.0
-    for tier in range(len(TIERS)):
-        in_tier = [h for h in ordered if _tier(h) == tier]
-        if not in_tier:
-            continue
-        by_category: dict[int, list[float]] = {}
-        for h in in_tier:
-            by_category.setdefault(h.pattern.category_id, []).append(h.score)
-        ranked = sorted(((_combine(s), -c) for c, s in by_category.items()), reverse=True)
+    for tier in sorted({t for t, _ in combined}):
+        ranked = sorted(((score, -c) for (t, c), score in combined.items() if t == tier), reverse=True)
         score, neg_category = ranked[0]
         category = -neg_category
         runner_up = ranked[1][0] if len(ranked) > 1 else 0.0
         # A weaker tier decides only what the stronger ones left open: their disagreeing hits
         # (the user's own, ambiguous history of a merchant) count against it like a runner-up.
-        overruled = max(
-            (_combine(s) for t, c, s in _groups(ordered) if t < tier and c != category), default=0.0
-        )
+        overruled = max((v for (t, c), v in combined.items() if t < tier and c != category), default=0.0)
         confidence = score * (1.0 - CONFLICT_PENALTY * max(runner_up, overruled))
-        for h in ordered:
-            if _tier(h) != tier and h.pattern.category_id == category:
+        for t, _, _, _, h in ordered:
+            if t != tier and h.pattern.category_id == category:
                 confidence = 1.0 - (1.0 - confidence) * (1.0 - SUPPORT_BONUS * h.score)
         confidence = round(min(confidence, 1.0), 4)
         if confidence >= thresholds.suggest:
-            lead = next(h for h in in_tier if h.pattern.category_id == category)
+            lead = next(h for t, _, _, _, h in ordered if t == tier and h.pattern.category_id == category)
             band = "auto" if confidence >= thresholds.auto else "suggest"
             explanation = {"decided_by": TIERS[tier], "runner_up_score": round(runner_up, 4), "fired": fired}
             return Decision(category, lead.pattern.id, confidence, band, lead.pattern.kind.value, explanation)
         best_weak = max(best_weak, confidence)
-    reason = "no pattern fired" if not hits else "every candidate scored below the suggest threshold"
+    reason = "every candidate scored below the suggest threshold"
     explanation = {"decided_by": None, "reason": reason, "fired": fired}
     return Decision(None, None, round(best_weak, 4), "none", "none", explanation)
 
 
-def _groups(hits: Sequence[Hit]) -> list[tuple[int, int, list[float]]]:
-    """(tier, category, scores) for every tier and category that has hits."""
-    groups: dict[tuple[int, int], list[float]] = {}
-    for h in hits:
-        groups.setdefault((_tier(h), h.pattern.category_id), []).append(h.score)
-    return [(t, c, s) for (t, c), s in groups.items()]
+_NO_HIT = Decision(
+    None, None, 0.0, "none", "none", {"decided_by": None, "reason": "no pattern fired", "fired": []}
+)
 
 
 def _explain(hit: Hit) -> dict[str, object]:

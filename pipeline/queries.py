@@ -14,12 +14,19 @@ LEFT JOIN categorizations c ON c.expense_id = e.id
 WHERE e.id = ANY(%(ids)s::bigint[]) AND e.deleted_at IS NULL
 """
 
-#: L3 merchant lookup for the keys the caches missed (global and the batch's users).
+#: L3 merchant lookup for the keys the caches missed: the patterns of the asked merchant names
+#: (global and the asked users'), plus one marker row per asked user who has any merchant
+#: pattern of their own (value '' : the "does this user have patterns" entry).
 LOAD_MERCHANT_PATTERNS: LiteralString = """
 SELECT id, user_id, category_id, kind, value, weight
 FROM categorization_patterns
 WHERE kind = 'merchant' AND active AND value = ANY(%(values)s::text[])
   AND (user_id IS NULL OR user_id = ANY(%(users)s::bigint[]))
+UNION ALL
+(SELECT DISTINCT ON (user_id) id, user_id, category_id, kind, '' AS value, weight
+ FROM categorization_patterns
+ WHERE kind = 'merchant' AND active AND user_id = ANY(%(flag_users)s::bigint[])
+ ORDER BY user_id, id)
 """
 
 #: The rule set: every active non-merchant pattern, global and per user, with the version they

@@ -10,7 +10,7 @@ import msgspec
 
 from pipeline import queries
 from pipeline.db import Database
-from pipeline.matcher import Decision, MerchantKey
+from pipeline.matcher import USER_MARKER, Decision, MerchantKey
 from schemas import Expense, Pattern, PatternKind
 
 _json = msgspec.json.Encoder()
@@ -71,10 +71,12 @@ class PatternStore:
         self.db = db
 
     def load_merchants(self, keys: Collection[MerchantKey]) -> dict[MerchantKey, tuple[Pattern, ...]]:
-        """An entry for every key asked (empty when nothing matches: negative entries)."""
-        values = sorted({v for _, v in keys})
-        users = sorted({u for u, _ in keys if u})
-        params = {"values": values, "users": users}
+        """An entry for every key asked (empty when nothing matches: negative entries). A key
+        ``(user, USER_MARKER)`` asks whether the user has merchant patterns at all."""
+        values = sorted({v for _, v in keys if v != USER_MARKER})
+        users = sorted({u for u, v in keys if u and v != USER_MARKER})
+        flag_users = sorted({u for u, v in keys if u and v == USER_MARKER})
+        params = {"values": values, "users": users, "flag_users": flag_users}
         rows = self.db.run(lambda c: c.execute(queries.LOAD_MERCHANT_PATTERNS, params).fetchall(), read=True)
         found: dict[MerchantKey, list[Pattern]] = {key: [] for key in keys}
         for row in rows:
