@@ -10,7 +10,15 @@ from collections.abc import Sequence
 import msgspec
 
 from pipeline.cache.base import Entry
-from pipeline.matcher import USER_MARKER, Decision, MerchantKey, Thresholds, decide, merchant_hits
+from pipeline.matcher import (
+    USER_ENTRY,
+    USER_ENTRY_MAX,
+    Decision,
+    MerchantKey,
+    Thresholds,
+    decide,
+    merchant_hits,
+)
 from pipeline.normalize import merchant_keys, normalize_merchant
 from pipeline.resolver import PatternResolver
 from pipeline.stores import CategorizationStore, ExpenseStore, WriteMeta
@@ -102,14 +110,22 @@ class Categorizer:
     def _merchant_patterns(
         self, version: int, todo: Sequence[Expense], keys_of: dict[int, list[str]], cache: Counter[str]
     ) -> dict[MerchantKey, Entry]:
-        """Global entries for every merchant key, plus whether each user has merchant patterns of
-        their own; then the per-user entries, for those users only (most users have none)."""
-        wanted: set[MerchantKey] = {(e.user_id, USER_MARKER) for e in todo}
+        """Global entries for every merchant key plus one entry per user with all of the user's own
+        merchant patterns; only a user with more than USER_ENTRY_MAX of them is looked up per name."""
+        wanted: set[MerchantKey] = {(e.user_id, USER_ENTRY) for e in todo}
         wanted.update((0, key) for e in todo for key in keys_of[e.id])
         found = self.resolver.merchants(version, wanted, cache)
-        own = {(e.user_id, key) for e in todo if found[(e.user_id, USER_MARKER)] for key in keys_of[e.id]}
-        if own:
-            found.update(self.resolver.merchants(version, own, cache))
+        many: set[int] = set()
+        for user, _ in {k for k in wanted if k[1] == USER_ENTRY}:
+            own = found[(user, USER_ENTRY)]
+            if len(own) > USER_ENTRY_MAX:
+                many.add(user)
+                continue
+            for p in own:
+                found[(user, p.value)] = (*found.get((user, p.value), ()), p)
+        if many:
+            keys = {(e.user_id, key) for e in todo if e.user_id in many for key in keys_of[e.id]}
+            found.update(self.resolver.merchants(version, keys, cache))
         return found
 
 

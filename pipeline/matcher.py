@@ -26,9 +26,11 @@ MAX_EXPLAINED_HITS = 8
 
 TIERS = ("user_merchant", "user_rule", "global_merchant", "global_rule")
 MerchantKey = tuple[int, str]  # (user id, or 0 for global; normalized merchant)
-#: The merchant value of the key ``(user, USER_MARKER)``: its entry is empty when the user has no
-#: merchant patterns of their own (then none of their per-merchant keys need looking up).
-USER_MARKER = ""
+#: The key ``(user, USER_ENTRY)`` holds all of a user's own merchant patterns, up to
+#: ``USER_ENTRY_MAX`` (a longer entry means "too many: look them up per merchant name"), so a
+#: batch needs one cache entry per user, not one per user and merchant.
+USER_ENTRY = ""
+USER_ENTRY_MAX = 500
 
 
 class Thresholds(msgspec.Struct, frozen=True):

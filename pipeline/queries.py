@@ -14,19 +14,20 @@ LEFT JOIN categorizations c ON c.expense_id = e.id
 WHERE e.id = ANY(%(ids)s::bigint[]) AND e.deleted_at IS NULL
 """
 
-#: L3 merchant lookup for the keys the caches missed: the patterns of the asked merchant names
-#: (global and the asked users'), plus one marker row per asked user who has any merchant
-#: pattern of their own (value '' : the "does this user have patterns" entry).
+#: L3 merchant lookup for the keys the caches missed. Part 0: the global (and, for users with
+#: very many, the user's) patterns of the asked merchant names. Part 1: all merchant patterns of
+#: each asked user, up to a bound: one cache entry per user instead of one per user and merchant.
 LOAD_MERCHANT_PATTERNS: LiteralString = """
-SELECT id, user_id, category_id, kind, value, weight
+SELECT 0 AS part, id, user_id, category_id, kind, value, weight
 FROM categorization_patterns
 WHERE kind = 'merchant' AND active AND value = ANY(%(values)s::text[])
   AND (user_id IS NULL OR user_id = ANY(%(users)s::bigint[]))
 UNION ALL
-(SELECT DISTINCT ON (user_id) id, user_id, category_id, kind, '' AS value, weight
- FROM categorization_patterns
- WHERE kind = 'merchant' AND active AND user_id = ANY(%(flag_users)s::bigint[])
- ORDER BY user_id, id)
+SELECT 1 AS part, id, user_id, category_id, kind, value, weight
+FROM (SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY id) AS n
+      FROM categorization_patterns
+      WHERE kind = 'merchant' AND active AND user_id = ANY(%(entry_users)s::bigint[])) own
+WHERE n <= %(entry_max)s + 1
 """
 
 #: The rule set: every active non-merchant pattern, global and per user, with the version they

@@ -10,7 +10,7 @@ import msgspec
 
 from pipeline import queries
 from pipeline.db import Database
-from pipeline.matcher import USER_MARKER, Decision, MerchantKey
+from pipeline.matcher import USER_ENTRY, USER_ENTRY_MAX, Decision, MerchantKey
 from schemas import Expense, Pattern, PatternKind
 
 _json = msgspec.json.Encoder()
@@ -71,17 +71,18 @@ class PatternStore:
         self.db = db
 
     def load_merchants(self, keys: Collection[MerchantKey]) -> dict[MerchantKey, tuple[Pattern, ...]]:
-        """An entry for every key asked (empty when nothing matches: negative entries). A key
-        ``(user, USER_MARKER)`` asks whether the user has merchant patterns at all."""
-        values = sorted({v for _, v in keys if v != USER_MARKER})
-        users = sorted({u for u, v in keys if u and v != USER_MARKER})
-        flag_users = sorted({u for u, v in keys if u and v == USER_MARKER})
-        params = {"values": values, "users": users, "flag_users": flag_users}
+        """An entry for every key asked (empty when nothing matches: negative entries). The key
+        ``(user, USER_ENTRY)`` asks for all of the user's merchant patterns (at most
+        ``USER_ENTRY_MAX + 1``: one more says "too many, look them up by name")."""
+        values = sorted({v for _, v in keys if v != USER_ENTRY})
+        users = sorted({u for u, v in keys if u and v != USER_ENTRY})
+        entry_users = sorted({u for u, v in keys if u and v == USER_ENTRY})
+        params = {"values": values, "users": users, "entry_users": entry_users, "entry_max": USER_ENTRY_MAX}
         rows = self.db.run(lambda c: c.execute(queries.LOAD_MERCHANT_PATTERNS, params).fetchall(), read=True)
         found: dict[MerchantKey, list[Pattern]] = {key: [] for key in keys}
         for row in rows:
-            p = _pattern(row)
-            bucket = found.get((p.user_id or 0, p.value))
+            p = _pattern(row[1:])
+            bucket = found.get((p.user_id or 0, USER_ENTRY if row[0] else p.value))
             if bucket is not None:
                 bucket.append(p)
         return {k: tuple(sorted(v, key=lambda p: p.id)) for k, v in found.items()}

@@ -12,7 +12,7 @@ import pytest
 from pipeline.cache import LocalTier
 from pipeline.categorize import Categorizer
 from pipeline.db import Database
-from pipeline.matcher import Thresholds
+from pipeline.matcher import USER_ENTRY_MAX, Thresholds
 from pipeline.resolver import PatternResolver
 from pipeline.settings import Settings
 from pipeline.stores import CategorizationStore, ExpenseStore, PatternStore
@@ -134,6 +134,29 @@ def test_round_trips_per_batch_do_not_grow_with_batch_size(
     CountingCursor.calls.clear()
     categorizer.categorize(ids[:500])  # warm: the caches answer for the patterns
     assert len(CountingCursor.calls) == 2, CountingCursor.calls
+
+
+def test_user_patterns_come_in_one_entry_per_user_unless_there_are_very_many(
+    db: Database, conn: psycopg.Connection[Any], cats: dict[str, int]
+) -> None:
+    data.add_pattern(conn, cats["dining"], "merchant", "STARBUCKS", user_id=5, weight=0.97)
+    with conn.cursor() as cur:  # user 6 has more merchant patterns than one cache entry holds
+        cur.executemany(
+            "INSERT INTO categorization_patterns (user_id, category_id, kind, value, weight)"
+            " VALUES (6, %s, 'merchant', %s, 0.97)",
+            [(cats["fuel"], f"shop {i:04d}") for i in range(USER_ENTRY_MAX)] + [(cats["fuel"], "walmart")],
+        )
+    mine = data.add_expenses(conn, ["SQ *STARBUCKS", "WALMART"], user_id=5)
+    many = data.add_expenses(conn, ["STARBUCKS", "TST* WALMART #12"], user_id=6)
+    others = data.add_expenses(conn, ["STARBUCKS"], user_id=7)
+    CountingCursor.calls.clear()
+    make_categorizer(db).categorize([*mine, *many, *others])
+    got = {r[0]: r[1] for r in data.rows(conn)}
+    assert [got[i] for i in mine] == [cats["dining"], cats["groceries"]]  # user 5's own entry wins
+    assert [got[i] for i in many] == [cats["coffee"], cats["fuel"]]  # user 6, looked up by name
+    assert [got[i] for i in others] == [cats["coffee"]]
+    # expenses + patterns (names and user entries) + user 6's names + rule set + write
+    assert len(CountingCursor.calls) == 5, CountingCursor.calls
 
 
 def test_hostile_merchant_strings_are_stored_safely(
