@@ -50,7 +50,7 @@ def test_postgres_restart_mid_run(tmp_path: Path) -> None:
 
 
 def test_broker_redis_restart_mid_run(tmp_path: Path) -> None:
-    with own_redis(tmp_path) as rds, isolated_settings(**PATIENT) as base:
+    with own_redis(tmp_path, persist=True) as rds, isolated_settings(**PATIENT) as base:
         settings = msgspec.structs.replace(base, broker_url=rds.url)
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
             data.seed_patterns(conn, data.reset(conn))

@@ -19,10 +19,11 @@ import pytest
 from pipeline.settings import Settings
 from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE
 from tests.support import data
-from tests.support.pgserver import PostgresServer
 from tests.support.scrape import Scrape, answers, get_json, scrape
-from tests.support.services import ROOT, WorkerProcess, settings_env, wait_for
+from tests.support.servers import own_postgres
+from tests.support.services import WorkerProcess, wait_for
 from workers.app import App, build_app
+from workers.procs import ROOT, settings_env
 from workers.producer import Producer
 from workers.queues import record_dead_letter_action
 
@@ -166,9 +167,7 @@ def test_queue_depth_follows_a_real_backlog_and_status_reports_it(
 
 
 def test_readiness_follows_postgresql(settings: Settings, tmp_path: Path) -> None:
-    pg = PostgresServer()
-    try:
-        pg.start()
+    with own_postgres() as pg:
         own = msgspec.structs.replace(settings, database_url=pg.create_database())
         worker = WorkerProcess(own, tmp_path / "worker.log")
         try:
@@ -195,8 +194,6 @@ def test_readiness_follows_postgresql(settings: Settings, tmp_path: Path) -> Non
             assert body["status"] == "ready"
         finally:
             worker.stop()
-    finally:
-        pg.cleanup()
 
 
 def test_importing_the_workers_does_not_import_prometheus_client() -> None:
