@@ -19,10 +19,10 @@ import redis
 from pipeline.settings import Settings
 from schemas import CATEGORIZE_QUEUE, LEARN_QUEUE
 from tests.support import data
-from tests.support.services import ROOT, WorkerProcess, settings_env, wait_for
+from tests.support.services import WorkerProcess, wait_for
 from workers.app import App, build_app
 from workers.failures import RedisFailureLog
-from workers.procs import free_port
+from workers.procs import ROOT, free_port, settings_env
 from workers.producer import Producer
 
 

@@ -18,9 +18,9 @@ from pipeline.errors import BrokerUnavailable
 from pipeline.settings import Settings
 from tests.support import data
 from tests.support.broker import queued_messages
-from tests.support.processes import RelayProcess, free_port
-from tests.support.services import WorkerProcess, wait_for
+from tests.support.services import RelayProcess, WorkerProcess, wait_for
 from workers.app import App, build_app
+from workers.procs import free_port
 from workers.producer import Producer
 from workers.relay import Relay
 

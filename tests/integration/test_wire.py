@@ -17,9 +17,10 @@ import pytest
 from pipeline.settings import Settings
 from tests.support import data
 from tests.support.broker import dead_messages
-from tests.support.services import ROOT, WorkerProcess, wait_for
+from tests.support.services import WorkerProcess, wait_for
 from workers.app import App, build_app
 from workers.failures import RedisFailureLog
+from workers.procs import ROOT
 
 NODE_DIR = ROOT / "tests" / "node"
 REDIS_CLI_MARKER = "# enqueue categorize_batch with redis-cli\n"
