@@ -19,7 +19,8 @@ from dramatiq.middleware import CurrentMessage
 from pipeline.errors import DatabaseUnavailable
 from pipeline.settings import Settings
 from tests.support import data
-from tests.support.fleet import EMPTY, categorized, queue_state
+from tests.support.broker import EMPTY, queue_state
+from tests.support.data import categorized
 from tests.support.services import WorkerProcess, isolated_settings, wait_for
 from workers.app import build_app
 from workers.failures import RedisFailureLog

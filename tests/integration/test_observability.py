@@ -8,38 +8,26 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import psycopg
-import pytest
 
 from pipeline.settings import Settings
 from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE
 from tests.support import data
+from tests.support.data import count_rows
 from tests.support.scrape import Scrape, answers, get_json, scrape
 from tests.support.servers import own_postgres
 from tests.support.services import WorkerProcess, wait_for
-from workers.app import App, build_app
+from workers.app import App
 from workers.procs import ROOT, settings_env
 from workers.producer import Producer
 from workers.queues import record_dead_letter_action
 
 ACTOR = {"queue_name": CATEGORIZE_QUEUE, "actor_name": CATEGORIZE_ACTOR}
 WRITTEN_OUTCOMES = ("categorized", "suggested", "uncategorized")
-
-
-@pytest.fixture
-def app(settings: Settings) -> Iterator[App]:
-    a = build_app(settings)
-    yield a
-    a.broker.close()
-
-
-def count_rows(conn: psycopg.Connection[Any]) -> int:
-    return conn.execute("SELECT count(*) FROM categorizations").fetchone()[0]  # type: ignore[index]
 
 
 def depth(s: Scrape) -> float | None:
