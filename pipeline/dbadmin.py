@@ -14,13 +14,18 @@ def with_dbname(url: str, name: str) -> str:
     return make_conninfo(url, dbname=name)
 
 
+def admin_url(url: str) -> str:
+    """The URL of the maintenance database ``postgres`` on the server of ``url``."""
+    return with_dbname(url, "postgres")
+
+
 def dbname(url: str) -> str:
     return str(conninfo_to_dict(url).get("dbname") or "")
 
 
 def create_database(url: str, name: str, *, exist_ok: bool = False) -> str:
     """Create database ``name`` on the server of ``url`` and migrate it; returns its URL."""
-    with translate_errors(), psycopg.connect(with_dbname(url, "postgres"), autocommit=True) as conn:
+    with translate_errors(), psycopg.connect(admin_url(url), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if not (exists and exist_ok):
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -31,5 +36,5 @@ def create_database(url: str, name: str, *, exist_ok: bool = False) -> str:
 
 
 def drop_database(url: str, name: str) -> None:
-    with translate_errors(), psycopg.connect(with_dbname(url, "postgres"), autocommit=True) as conn:
+    with translate_errors(), psycopg.connect(admin_url(url), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

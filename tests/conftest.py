@@ -10,6 +10,7 @@ import pytest
 from pipeline.settings import Settings
 from tests.support import data
 from tests.support.services import WorkerProcess, flush_namespace, isolated_settings
+from workers.app import App, build_app
 
 pytest_plugins = ["tests.support.cluster"]  # redis_cluster / redis_single fixtures
 
@@ -34,6 +35,14 @@ def cats(conn: psycopg.Connection[Any], settings: Settings) -> dict[str, int]:
     ids = data.reset(conn)
     data.seed_patterns(conn, ids)
     return ids
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[App]:
+    """The fleet's app (its broker is a producer here), closed afterwards."""
+    a = build_app(settings)
+    yield a
+    a.broker.close()
 
 
 @pytest.fixture

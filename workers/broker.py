@@ -16,7 +16,6 @@ from dramatiq.middleware import (
 
 from pipeline.settings import Settings
 from workers.encoder import MsgspecEncoder
-from workers.middleware.failure_log import LogFailures
 from workers.middleware.maintenance import BrokerMaintenance
 from workers.middleware.prometheus import FleetPrometheus
 from workers.middleware.retries import SafeRetries
@@ -39,7 +38,6 @@ def build_broker(settings: Settings, *, extra_middleware: list[Middleware] | Non
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
-        LogFailures(),  # before the retries: it then sees their decision (after_* run in reverse)
         SafeRetries(
             max_retries=settings.max_retries,
             min_backoff=settings.min_backoff_ms,

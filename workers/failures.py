@@ -130,14 +130,15 @@ class PostgresFailureLog(FailureLog):
 _FIELDS = [f.name for f in msgspec.structs.fields(FailureRecord)]
 
 
-def failure_record(message: Any, exception: BaseException) -> FailureRecord:
+def failure_record(message: Any, error_type: str, error: str) -> FailureRecord:
+    """The record of this attempt of ``message``, as it stands after the retry decision."""
     return FailureRecord(
         message_id=message.message_id,
         queue_name=message.queue_name,
         actor_name=message.actor_name,
         retries=int(message.options.get("retries", 0)),
-        error_type=type(exception).__name__,
-        error=str(exception)[:MAX_ERROR_CHARS],
+        error_type=error_type,
+        error=error[:MAX_ERROR_CHARS],
         dead=bool(message.failed),
         at_ms=int(time.time() * 1000),
     )

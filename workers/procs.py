@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -58,9 +59,10 @@ def start_workers(
     processes: int | None = None,
     threads: int | None = None,
     boot: str | None = None,
+    args: Sequence[str] = (),
     **env: str,
 ) -> subprocess.Popen[bytes]:
-    """``catfleet worker`` in its own process group."""
+    """``catfleet worker`` in its own process group (``args``: further worker options)."""
     argv = ["worker"]
     if boot:
         argv += ["--boot", boot]
@@ -68,7 +70,7 @@ def start_workers(
         argv += ["--processes", str(processes)]
     if threads:
         argv += ["--threads", str(threads)]
-    return start_catfleet(argv, settings, log=log, **env)
+    return start_catfleet([*argv, *args], settings, log=log, **env)
 
 
 def wait_ready(settings: Settings, proc: subprocess.Popen[bytes], *, timeout: float = 60.0) -> None:
@@ -89,11 +91,12 @@ def wait_ready(settings: Settings, proc: subprocess.Popen[bytes], *, timeout: fl
         client.close()
 
 
-def stop_workers(proc: subprocess.Popen[bytes], *, timeout: float = 30.0) -> int:
-    """SIGTERM the group (Dramatiq drains, a relay finishes its claim), SIGKILL after ``timeout``."""
+def stop_workers(proc: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+    """Signal the child's process group (SIGTERM: Dramatiq drains, a relay finishes its claim),
+    SIGKILL after ``timeout``; its exit code."""
     if proc.poll() is None:
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, sig)
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -14,7 +14,7 @@ from typing import Any
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import DecodeError
 
-from workers.failures import FailureLog, FailureRecord
+from workers.failures import MAX_ERROR_CHARS, FailureLog, FailureRecord
 
 
 class SafeRedisBroker(RedisBroker):
@@ -52,7 +52,7 @@ class SafeRedisBroker(RedisBroker):
                     actor_name="",
                     retries=0,
                     error_type="DecodeError",
-                    error=f"undecodable message: {error.error}"[:2000],
+                    error=f"undecodable message: {error.error}"[:MAX_ERROR_CHARS],
                     dead=True,
                     at_ms=int(time.time() * 1000),
                 )

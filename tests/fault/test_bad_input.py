@@ -16,7 +16,8 @@ import redis
 from pipeline.settings import Settings
 from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE, MAX_BATCH_IDS
 from tests.support import data
-from tests.support.fleet import categorized, queue_state
+from tests.support.broker import queue_state
+from tests.support.data import categorized
 from tests.support.services import WorkerProcess, wait_for
 from workers.dlq import open_store
 from workers.dlq.base import DeadLetterFilter

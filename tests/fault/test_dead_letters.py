@@ -19,12 +19,14 @@ from dramatiq.middleware import CurrentMessage
 from pipeline.errors import DatabaseUnavailable
 from pipeline.settings import Settings
 from tests.support import data
-from tests.support.fleet import EMPTY, categorized, queue_state
-from tests.support.services import ROOT, WorkerProcess, isolated_settings, settings_env, wait_for
+from tests.support.broker import EMPTY, queue_state
+from tests.support.data import categorized
+from tests.support.services import WorkerProcess, isolated_settings, wait_for
 from workers.app import build_app
 from workers.failures import RedisFailureLog
 from workers.middleware.failures import RecordFailures
 from workers.middleware.retries import SafeRetries
+from workers.procs import ROOT, settings_env
 from workers.producer import Producer
 from workers.redis_broker import SafeRedisBroker
 

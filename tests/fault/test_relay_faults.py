@@ -17,8 +17,9 @@ from pipeline import outbox
 from pipeline.settings import Settings
 from tests.support import data
 from tests.support.broker import queued_messages
-from tests.support.processes import RedisServer, RelayProcess, free_port
-from tests.support.services import WorkerProcess, wait_for
+from tests.support.servers import RedisServer
+from tests.support.services import RelayProcess, WorkerProcess, wait_for
+from workers.procs import free_port
 
 pytestmark = pytest.mark.fault
 
@@ -58,7 +59,8 @@ def test_requests_written_while_the_broker_is_down_are_all_categorized(
         wait_for(lambda: '"stage":"broker"' in relay.log().replace(" ", ""), what="a failed enqueue")
         assert outbox.backlog(conn).pending == 300 and relay.alive()
 
-        server = RedisServer(port, tmp_path / "redis")
+        server = RedisServer(tmp_path / "redis", port=port)
+        server.start()
         worker = WorkerProcess(down, tmp_path / "worker.log")
         worker.wait_ready()
         wait_for(

@@ -11,7 +11,8 @@ import pytest
 
 from pipeline.migrate import migrate
 from tests.support import data
-from tests.support.fleet import EMPTY, bulk_expenses, categorized, queue_state
+from tests.support.broker import EMPTY, queue_state
+from tests.support.data import bulk_expenses, categorized
 from tests.support.servers import own_postgres, own_redis
 from tests.support.services import WorkerProcess, isolated_settings, wait_for
 from workers.app import build_app
@@ -50,7 +51,7 @@ def test_postgres_restart_mid_run(tmp_path: Path) -> None:
 
 
 def test_broker_redis_restart_mid_run(tmp_path: Path) -> None:
-    with own_redis(tmp_path) as rds, isolated_settings(**PATIENT) as base:
+    with own_redis(tmp_path, persist=True) as rds, isolated_settings(**PATIENT) as base:
         settings = msgspec.structs.replace(base, broker_url=rds.url)
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
             data.seed_patterns(conn, data.reset(conn))

@@ -13,7 +13,8 @@ import pytest
 import redis
 
 from tests.support import data
-from tests.support.fleet import EMPTY, bulk_expenses, categorized, queue_state
+from tests.support.broker import EMPTY, queue_state
+from tests.support.data import bulk_expenses, categorized
 from tests.support.services import WorkerProcess, isolated_settings, wait_for
 from workers.app import build_app
 from workers.dlq import open_store

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import psycopg
 
+from pipeline.dbadmin import admin_url
 from pipeline.settings import Settings
-from tests.support.services import ROOT, admin_url, settings_env
 from workers.bench.quality import default_split, read_rows, run_quality_bench
+from workers.procs import ROOT, settings_env
 
 MERCHANTS = [
     ("tesco pfs 4471", "Transport:Fuel"),

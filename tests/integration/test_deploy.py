@@ -14,7 +14,7 @@ import yaml
 
 from pipeline.settings import Settings
 from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE
-from tests.support.services import ROOT
+from workers.procs import ROOT
 
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "k8s" / "base"

@@ -21,11 +21,12 @@ from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL, RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
 from pipeline.settings import Settings
-from tests.support.services import ROOT, settings_env, wait_for
+from tests.support.services import wait_for
 from workers.dlq import open_store
 from workers.dlq.base import DeadLetterFilter, DeadLetterStore
 from workers.dlq.rabbitmq import RabbitmqDeadLetterStore
 from workers.failures import FailureRecord
+from workers.procs import ROOT, settings_env
 from workers.queues import DEAD_LETTER_ACTIONS_KEY
 
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"

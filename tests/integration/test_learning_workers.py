@@ -7,30 +7,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import psycopg
-import pytest
 import redis
 
 from pipeline.settings import Settings
 from schemas import CATEGORIZE_QUEUE, LEARN_QUEUE
 from tests.support import data
-from tests.support.services import ROOT, WorkerProcess, settings_env, wait_for
-from workers.app import App, build_app
+from tests.support.services import WorkerProcess, wait_for
+from workers.app import App
 from workers.failures import RedisFailureLog
-from workers.procs import free_port
+from workers.procs import ROOT, free_port, settings_env
 from workers.producer import Producer
-
-
-@pytest.fixture
-def app(settings: Settings) -> Iterator[App]:
-    a = build_app(settings)
-    yield a
-    a.broker.close()
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

@@ -11,9 +11,9 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from pipeline.dbadmin import admin_url
 from pipeline.migrate import available, migrate
 from pipeline.settings import Settings
-from tests.support.services import admin_url
 
 
 @pytest.fixture

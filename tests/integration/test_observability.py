@@ -8,37 +8,26 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import psycopg
-import pytest
 
 from pipeline.settings import Settings
 from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE
 from tests.support import data
-from tests.support.pgserver import PostgresServer
+from tests.support.data import count_rows
 from tests.support.scrape import Scrape, answers, get_json, scrape
-from tests.support.services import ROOT, WorkerProcess, settings_env, wait_for
-from workers.app import App, build_app
+from tests.support.servers import own_postgres
+from tests.support.services import WorkerProcess, wait_for
+from workers.app import App
+from workers.procs import ROOT, settings_env
 from workers.producer import Producer
 from workers.queues import record_dead_letter_action
 
 ACTOR = {"queue_name": CATEGORIZE_QUEUE, "actor_name": CATEGORIZE_ACTOR}
 WRITTEN_OUTCOMES = ("categorized", "suggested", "uncategorized")
-
-
-@pytest.fixture
-def app(settings: Settings) -> Iterator[App]:
-    a = build_app(settings)
-    yield a
-    a.broker.close()
-
-
-def count_rows(conn: psycopg.Connection[Any]) -> int:
-    return conn.execute("SELECT count(*) FROM categorizations").fetchone()[0]  # type: ignore[index]
 
 
 def depth(s: Scrape) -> float | None:
@@ -166,9 +155,7 @@ def test_queue_depth_follows_a_real_backlog_and_status_reports_it(
 
 
 def test_readiness_follows_postgresql(settings: Settings, tmp_path: Path) -> None:
-    pg = PostgresServer()
-    try:
-        pg.start()
+    with own_postgres() as pg:
         own = msgspec.structs.replace(settings, database_url=pg.create_database())
         worker = WorkerProcess(own, tmp_path / "worker.log")
         try:
@@ -195,8 +182,6 @@ def test_readiness_follows_postgresql(settings: Settings, tmp_path: Path) -> Non
             assert body["status"] == "ready"
         finally:
             worker.stop()
-    finally:
-        pg.cleanup()
 
 
 def test_importing_the_workers_does_not_import_prometheus_client() -> None:

@@ -18,9 +18,9 @@ from pipeline.errors import BrokerUnavailable
 from pipeline.settings import Settings
 from tests.support import data
 from tests.support.broker import queued_messages
-from tests.support.processes import RelayProcess, free_port
-from tests.support.services import WorkerProcess, wait_for
-from workers.app import App, build_app
+from tests.support.services import RelayProcess, WorkerProcess, wait_for
+from workers.app import App
+from workers.procs import free_port
 from workers.producer import Producer
 from workers.relay import Relay
 
@@ -31,13 +31,6 @@ def requests_table(conn: psycopg.Connection[Any], cats: dict[str, int]) -> Itera
     yield
     conn.execute("SELECT catfleet_drop_outbox_triggers()")
     conn.execute("TRUNCATE categorization_requests RESTART IDENTITY")
-
-
-@pytest.fixture
-def app(settings: Settings) -> Iterator[App]:
-    a = build_app(settings)
-    yield a
-    a.broker.close()
 
 
 @pytest.fixture

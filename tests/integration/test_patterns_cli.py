@@ -15,7 +15,7 @@ from pipeline.learning import Learner
 from pipeline.settings import Settings
 from schemas import Correction
 from tests.support import data
-from tests.support.services import ROOT, settings_env
+from workers.procs import ROOT, settings_env
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,10 @@ import pytest
 from pipeline.settings import Settings
 from tests.support import data
 from tests.support.broker import dead_messages
-from tests.support.services import ROOT, WorkerProcess, wait_for
-from workers.app import App, build_app
+from tests.support.services import WorkerProcess, wait_for
+from workers.app import App
 from workers.failures import RedisFailureLog
+from workers.procs import ROOT
 
 NODE_DIR = ROOT / "tests" / "node"
 REDIS_CLI_MARKER = "# enqueue categorize_batch with redis-cli\n"
@@ -62,13 +62,6 @@ def node_enqueue(where: Path, settings: Settings, payload: str) -> str:
         cwd=where, capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
     return out.stdout.strip()
-
-
-@pytest.fixture
-def app(settings: Settings) -> Iterator[App]:
-    a = build_app(settings)
-    yield a
-    a.broker.close()
 
 
 def rows_by_expense(conn: psycopg.Connection[Any]) -> dict[int, tuple[Any, ...]]:

@@ -5,41 +5,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
 import psycopg
 import pytest
-import redis
 
 from pipeline.settings import Settings
 from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE, MAX_BATCH_IDS
 from tests.support import data
-from tests.support.services import ROOT, WorkerProcess, settings_env, wait_for
-from workers.app import App, build_app
+from tests.support.broker import dead_messages
+from tests.support.data import count_rows
+from tests.support.services import WorkerProcess, wait_for
+from workers.app import App
 from workers.failures import RedisFailureLog
+from workers.procs import ROOT, settings_env
 from workers.producer import Producer
-
-
-@pytest.fixture
-def app(settings: Settings) -> Iterator[App]:
-    a = build_app(settings)
-    yield a
-    a.broker.close()
-
-
-def count_rows(conn: psycopg.Connection[Any]) -> int:
-    return conn.execute("SELECT count(*) FROM categorizations").fetchone()[0]  # type: ignore[index]
-
-
-def dead_letters(settings: Settings) -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(settings.broker_url)
-    ns = settings.broker_namespace
-    rids = client.zrange(f"{ns}:{CATEGORIZE_QUEUE}.XQ", 0, -1)
-    payloads = client.hmget(f"{ns}:{CATEGORIZE_QUEUE}.XQ.msgs", rids) if rids else []
-    client.close()
-    return [json.loads(p) for p in payloads if p]
 
 
 def raw_message(payload_args: list[Any], kwargs: dict[str, Any] | None = None) -> dramatiq.Message[Any]:
@@ -125,7 +106,7 @@ def test_malformed_message_is_dead_lettered_at_once_and_worker_goes_on(
     good_ids = data.add_expenses(conn, ["STARBUCKS"])
     Producer(app.broker, batch_size=10).enqueue(good_ids)
     wait_for(lambda: count_rows(conn) == 1, what="the next good message")
-    dead = wait_for(lambda: dead_letters(settings), what="dead letter")
+    dead = wait_for(lambda: dead_messages(settings), what="dead letter")
     assert [d["message_id"] for d in dead] == [bad.message_id]
     assert dead[0]["options"].get("retries", 0) == 0  # not retried
     assert isinstance(app.failures, RedisFailureLog)

@@ -1,4 +1,4 @@
-"""Reading the Redis broker's keys directly: queued and dead-lettered messages."""
+"""Reading the Redis broker's keys directly: queued and dead-lettered messages, queue state."""
 
 from __future__ import annotations
 
@@ -11,18 +11,42 @@ from pipeline.settings import Settings
 from schemas import CATEGORIZE_QUEUE
 
 
-def _messages(settings: Settings, key: str) -> list[dict[str, Any]]:
+def queued_messages(settings: Settings, queue: str = CATEGORIZE_QUEUE) -> list[dict[str, Any]]:
+    """Every message still in the queue's hash (enqueued, not yet acked)."""
     client = redis.Redis.from_url(settings.broker_url)
     try:
-        return [json.loads(v) for v in client.hvals(f"{settings.broker_namespace}:{key}")]
+        return [json.loads(v) for v in client.hvals(f"{settings.broker_namespace}:{queue}.msgs")]
     finally:
         client.close()
 
 
-def queued_messages(settings: Settings, queue: str = CATEGORIZE_QUEUE) -> list[dict[str, Any]]:
-    """Every message still in the queue's hash (enqueued, not yet acked)."""
-    return _messages(settings, f"{queue}.msgs")
-
-
 def dead_messages(settings: Settings, queue: str = CATEGORIZE_QUEUE) -> list[dict[str, Any]]:
-    return _messages(settings, f"{queue}.XQ.msgs")
+    """The queue's dead letters, oldest first."""
+    client = redis.Redis.from_url(settings.broker_url)
+    ns = settings.broker_namespace
+    try:
+        rids = client.zrange(f"{ns}:{queue}.XQ", 0, -1)
+        payloads = client.hmget(f"{ns}:{queue}.XQ.msgs", rids) if rids else []
+    finally:
+        client.close()
+    return [json.loads(p) for p in payloads if p]
+
+
+def queue_state(settings: Settings, queue: str = CATEGORIZE_QUEUE) -> dict[str, int]:
+    """Everything the Redis broker holds for a queue: live, delayed, unacked, dead."""
+    client = redis.Redis.from_url(settings.broker_url)
+    ns = settings.broker_namespace
+    try:
+        acks = sum(client.scard(k) for k in client.scan_iter(f"{ns}:__acks__.*", count=1000))
+        return {
+            "queued": client.llen(f"{ns}:{queue}"),
+            "messages": client.hlen(f"{ns}:{queue}.msgs"),
+            "delayed": client.hlen(f"{ns}:{queue}.DQ.msgs"),
+            "unacked": acks,
+            "dead": client.zcard(f"{ns}:{queue}.XQ"),
+        }
+    finally:
+        client.close()
+
+
+EMPTY = {"queued": 0, "messages": 0, "delayed": 0, "unacked": 0, "dead": 0}

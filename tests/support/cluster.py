@@ -9,7 +9,6 @@ plugin (``pytest_plugins`` in tests/conftest.py).
 from __future__ import annotations
 
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,9 +19,8 @@ import pytest
 import redis
 from redis.cluster import key_slot
 
+from tests.support.servers import HOST, RedisServer
 from tests.support.services import wait_for
-
-HOST = "127.0.0.1"
 
 
 def _port_free(port: int) -> bool:
@@ -34,80 +32,29 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def free_ports(n: int, *, bus: bool = False) -> list[int]:
-    """``n`` free loopback ports (with ``bus``: port + 10000 free too, for the cluster bus)."""
+def cluster_ports(n: int) -> list[int]:
+    """``n`` free loopback ports whose cluster bus ports (port + 10000) are free too."""
     ports: list[int] = []
     while len(ports) < n:
         port = random.randint(20_000, 45_000)
-        if port in ports or not _port_free(port) or (bus and not _port_free(port + 10_000)):
+        if port in ports or not _port_free(port) or not _port_free(port + 10_000):
             continue
         ports.append(port)
     return ports
 
 
-class RedisNode:
-    """One ``redis-server`` child process (no persistence: a restart comes back empty)."""
-
-    def __init__(self, port: int, directory: Path, *, cluster: bool) -> None:
-        self.port = port
-        self.dir = directory
-        self.cluster = cluster
-        self.proc: subprocess.Popen[bytes] | None = None
-        directory.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self) -> None:
-        if self.running:
-            return
-        argv = [
-            shutil.which("redis-server") or "redis-server",
-            "--bind", HOST, "--port", str(self.port), "--dir", str(self.dir),
-            "--save", "", "--appendonly", "no", "--logfile", str(self.dir / "redis.log"),
-        ]  # fmt: skip
-        if self.cluster:
-            argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-            argv += ["--cluster-node-timeout", "1000"]
-        self.proc = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL)
-        wait_for(self._pings, timeout=10, what=f"redis-server on {self.port}")
-
-    def stop(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host=HOST, port=self.port, socket_timeout=2)
-
-    def _pings(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"redis-server on {self.port} exited:\n{self.log()}")
-        try:
-            with self.client() as c:
-                return bool(c.ping())
-        except redis.exceptions.ConnectionError:
-            return False
-
-    def log(self) -> str:
-        path = self.dir / "redis.log"
-        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
-
-
 class LocalRedisServers:
     """What the cache tests need of a backend, whether one node or a cluster."""
 
-    nodes: list[RedisNode]
+    nodes: list[RedisServer]
     url: str
 
     def stop_one(self) -> None:
-        self.nodes[0].stop()
+        self.nodes[0].stop(signal.SIGKILL)
 
     def stop_all(self) -> None:
         for node in self.nodes:
-            node.stop()
+            node.stop(signal.SIGKILL)
 
     def start_all(self) -> None:
         for node in self.nodes:
@@ -151,17 +98,16 @@ class LocalRedis(LocalRedisServers):
     """A single plain Redis."""
 
     def __init__(self, directory: Path) -> None:
-        (port,) = free_ports(1)
-        self.nodes = [RedisNode(port, directory, cluster=False)]
-        self.url = f"redis://{HOST}:{port}/0"
+        self.nodes = [RedisServer(directory)]
+        self.url = self.nodes[0].url
 
 
 class LocalRedisCluster(LocalRedisServers):
     """A Redis Cluster of ``masters`` masters and no replicas."""
 
     def __init__(self, directory: Path, masters: int = 3) -> None:
-        ports = free_ports(masters, bus=True)
-        self.nodes = [RedisNode(p, directory / str(p), cluster=True) for p in ports]
+        ports = cluster_ports(masters)
+        self.nodes = [RedisServer(directory / str(p), port=p, cluster=True) for p in ports]
         self.url = f"redis://{HOST}:{ports[0]}"
         self._slots: dict[int, int] = {}  # slot -> port
 

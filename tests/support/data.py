@@ -66,6 +66,29 @@ def add_expenses(
     return ids
 
 
+def bulk_expenses(conn: psycopg.Connection[Any], n: int, *, merchants: tuple[str, ...] = ("STARBUCKS", "WALMART", "UBER *TRIP", "JOE'S PIZZA")) -> list[int]:  # fmt: skip
+    """``n`` expenses in one statement; their ids in order."""
+    rows = conn.execute(
+        "INSERT INTO expenses (user_id, merchant_name, amount, transaction_date)"
+        " SELECT 1 + g %% 50, (%s::text[])[1 + g %% %s], 10 + g %% 90, DATE '2026-03-14'"
+        " FROM generate_series(1, %s) g RETURNING id",
+        (list(merchants), len(merchants), n),
+    ).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def categorized(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+    """(rows, distinct expenses) in categorizations."""
+    row = conn.execute("SELECT count(*), count(DISTINCT expense_id) FROM categorizations").fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def count_rows(conn: psycopg.Connection[Any]) -> int:
+    """Rows in categorizations."""
+    return categorized(conn)[0]
+
+
 def rows(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
     return conn.execute(
         "SELECT expense_id, category_id, pattern_id, confidence, band, method, explanation, ruleset_version,"

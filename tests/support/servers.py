@@ -1,80 +1,99 @@
-"""Servers a fault test owns: its own redis-server or PostgreSQL cluster on a free loopback port,
-in a temp dir, so it may stop and restart them. Never the shared ones."""
+"""Servers a test owns: its own ``redis-server`` or PostgreSQL cluster on a free loopback port, in
+a temp dir, so it may stop and restart them. Never the shared ones."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
-import socket
+import signal
 import subprocess
-import time
+import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import redis
 
+from pipeline.dbadmin import create_database
+from tests.support.services import wait_for
+from workers.procs import free_port, stop_workers
+
+HOST = "127.0.0.1"
 PG_BIN = max(
     Path("/usr/lib/postgresql").glob("*/bin"),
     key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
     default=Path("/usr/lib/postgresql/15/bin"),
 )
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+#: initdb and postgres refuse to run as root: run them as the postgres user then.
+AS_USER: dict[str, Any] = {"user": "postgres", "group": "postgres"} if os.getuid() == 0 else {}
 
 
-class OwnRedis:
-    def __init__(self, workdir: Path):
-        self.dir = workdir
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+class RedisServer:
+    """A ``redis-server`` child process in ``directory``; stopped and started at will.
+
+    Without ``persist`` a restart comes back empty; with it the append-only file (fsync on every
+    write) keeps the data across a SIGTERM. ``cluster`` makes it a Redis Cluster node."""
+
+    def __init__(
+        self, directory: Path, *, port: int | None = None, persist: bool = False, cluster: bool = False
+    ) -> None:
+        self.port = port or free_port()
+        self.dir = directory
+        self.persist = persist
+        self.cluster = cluster
+        self.url = f"redis://{HOST}:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--dir",
-                str(self.dir),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        client.close()
+        if self.running:
+            return
+        argv = [
+            shutil.which("redis-server") or "redis-server",
+            "--bind", HOST, "--port", str(self.port), "--dir", str(self.dir),
+            "--save", "", "--logfile", str(self.dir / f"redis-{self.port}.log"),
+        ]  # fmt: skip
+        argv += ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
+        if self.cluster:
+            argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            argv += ["--cluster-node-timeout", "1000"]
+        self.proc = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL)
+        wait_for(self._pings, timeout=10, what=f"redis-server on {self.port}")
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: Redis writes its append-only file and exits
-            self.proc.wait(timeout=10)
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM: Redis writes its append-only file and exits; SIGKILL: it just dies."""
+        if self.proc is not None:
+            stop_workers(self.proc, sig=sig, timeout=10)
+        self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host=HOST, port=self.port, socket_timeout=2)
+
+    def _pings(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"redis-server on {self.port} exited:\n{self.log()}")
+        try:
+            with self.client() as c:
+                return bool(c.ping())
+        except redis.exceptions.ConnectionError:
+            return False
+
+    def log(self) -> str:
+        path = self.dir / f"redis-{self.port}.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
 
-@contextmanager
-def own_redis(workdir: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(workdir)
+@contextlib.contextmanager
+def own_redis(directory: Path, *, persist: bool = False) -> Iterator[RedisServer]:
+    """A started ``RedisServer``, stopped (SIGTERM) afterwards."""
+    server = RedisServer(directory, persist=persist)
     server.start()
     try:
         yield server
@@ -82,65 +101,57 @@ def own_redis(workdir: Path) -> Iterator[OwnRedis]:
         server.stop()
 
 
-class OwnPostgres:
-    def __init__(self, workdir: Path):
-        self.data = workdir / "pgdata"
+class PostgresServer:
+    """A fresh cluster (initdb) in its own temp dir (outside pytest's root-only tmp tree: the
+    server runs as the postgres user when the tests run as root), started with pg_ctl.
+    ``url`` is its maintenance database ``postgres``."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="catfleet-pg-"))
+        self.data = self.root / "data"
         self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        subprocess.run(
-            [PG_BIN / "initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
-            check=True,
-            capture_output=True,
-            user="postgres" if _is_root() else None,
-        )
+        self.url = f"postgresql://postgres@{HOST}:{self.port}/postgres"
+        if AS_USER:
+            shutil.chown(self.root, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run([str(PG_BIN / tool), *args], check=True, capture_output=True, cwd=self.root, **AS_USER)
 
     def _ctl(self, *args: str) -> None:
-        subprocess.run(
-            [PG_BIN / "pg_ctl", "-D", self.data, "-w", "-l", self.data / "log", *args],
-            check=True,
-            capture_output=True,
-            user="postgres" if _is_root() else None,
-        )
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-l", str(self.root / "log"), *args)
 
     def start(self) -> None:
-        opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories='' -c fsync=off"
+        opts = f"-c listen_addresses={HOST} -p {self.port} -c unix_socket_directories='' -c fsync=off"
         self._ctl("-o", opts, "start")
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                psycopg.connect(self.url, connect_timeout=2).close()
-                return
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_for(self._accepts, timeout=20, interval=0.1, what=f"postgres on {self.port}")
 
-    def stop(self, mode: str = "fast") -> None:
+    def _accepts(self) -> bool:
+        try:
+            psycopg.connect(self.url, connect_timeout=2).close()
+        except psycopg.OperationalError:
+            return False
+        return True
+
+    def stop(self, mode: str = "immediate") -> None:
         self._ctl("-m", mode, "stop")
 
+    def create_database(self, name: str = "catfleet") -> str:
+        """A migrated database on this server; its URL."""
+        return create_database(self.url, name)
 
-def _is_root() -> bool:
-    import os
+    def cleanup(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
+            self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
 
-    return os.geteuid() == 0
 
-
-@contextmanager
-def own_postgres() -> Iterator[OwnPostgres]:
-    """A fresh cluster in its own temp dir (outside pytest's root-only tmp tree: the server runs
-    as the postgres user when the tests run as root)."""
-    import os
-    import tempfile
-
-    workdir = Path(tempfile.mkdtemp(prefix="catfleet-pg-"))
-    os.chmod(workdir, 0o755)
-    if _is_root():
-        shutil.chown(workdir, "postgres")
-    server = OwnPostgres(workdir)
+@contextlib.contextmanager
+def own_postgres() -> Iterator[PostgresServer]:
+    """A started ``PostgresServer``, removed afterwards."""
+    server = PostgresServer()
     try:
         server.start()
         yield server
     finally:
-        with suppress(subprocess.CalledProcessError):
-            server.stop("immediate")
-        shutil.rmtree(workdir, ignore_errors=True)
+        server.cleanup()

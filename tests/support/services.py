@@ -2,54 +2,31 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 from uuid import uuid4
 
 import msgspec
 import psycopg
 import redis
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from pipeline.cache.client import open_client
-from pipeline.migrate import migrate
+from pipeline.dbadmin import create_database, drop_database
 from pipeline.settings import DEFAULT_DATABASE_URL, Settings
-from workers.config import env_name, settings_from_env
-from workers.procs import free_port
+from workers.config import settings_from_env
+from workers.procs import free_port, start_catfleet, start_workers, stop_workers, wait_ready
 
-ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
 def base_settings() -> Settings:
     """The environment's settings (the local servers by default)."""
     return settings_from_env()
-
-
-def admin_url(url: str) -> str:
-    return make_conninfo(url, dbname="postgres")
-
-
-def create_database(template_url: str, name: str) -> str:
-    with psycopg.connect(admin_url(template_url), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_conninfo(template_url, dbname=name)
-    with psycopg.connect(url, autocommit=True) as conn:
-        migrate(conn)
-    return url
-
-
-def drop_database(template_url: str, name: str) -> None:
-    with psycopg.connect(admin_url(template_url), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @contextmanager
@@ -98,15 +75,6 @@ def flush_cache(settings: Settings) -> None:
         client.close()
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a child process build exactly these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CATFLEET_")}
-    for field, value in msgspec.structs.asdict(settings).items():
-        env[env_name(field)] = str(value)
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
 def wait_for(
     predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
 ) -> T:
@@ -120,7 +88,28 @@ def wait_for(
         time.sleep(interval)
 
 
-class WorkerProcess:
+class ChildProcess:
+    """A ``catfleet`` command as a child process in its own process group (started by
+    workers.procs), its output in a log file."""
+
+    def __init__(self, log_path: Path, start: Callable[[IO[bytes]], subprocess.Popen[bytes]]):
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = start(self._log)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        code = stop_workers(self.proc, sig=sig, timeout=timeout)
+        self._log.close()
+        return code
+
+
+class WorkerProcess(ChildProcess):
     """``catfleet worker`` as a real child process (its own process group)."""
 
     def __init__(
@@ -134,52 +123,36 @@ class WorkerProcess:
         queues: Sequence[str] = (),
     ):
         self.settings = settings
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "workers",
-                "worker",
-                "--processes",
-                str(processes),
-                "--threads",
-                str(threads),
-                *extra_args,
-                *(["--queues", *queues] if queues else []),
-            ],
-            env=settings_env(settings),
-            cwd=ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        args = [*extra_args, *(["--queues", *queues] if queues else [])]
+        super().__init__(
+            log_path,
+            lambda log: start_workers(settings, log=log, processes=processes, threads=threads, args=args),
         )
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        client = redis.Redis.from_url(self.settings.broker_url)
-        key = f"{self.settings.broker_namespace}:__heartbeats__"
         try:
-            wait_for(
-                lambda: self.proc.poll() is not None or client.zcard(key) > 0, timeout=timeout, what="worker"
-            )
-        finally:
-            client.close()
-        if self.proc.poll() is not None:
-            raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            wait_ready(self.settings, self.proc, timeout=timeout)
+        except RuntimeError as exc:
+            raise AssertionError(f"{exc}:\n{self.log()[-3000:]}") from None
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, sig)
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            except ProcessLookupError:
-                pass
-        self._log.close()
-        return self.proc.returncode
+class RelayProcess(ChildProcess):
+    """``catfleet relay`` with these settings."""
+
+    def __init__(self, settings: Settings, log_path: Path):
+        super().__init__(log_path, lambda log: start_catfleet(["relay"], settings, log=log))
+
+    def wait_listening(self, database_url: str, timeout: float = 30.0) -> None:
+        """Until its LISTEN connection is up (it drains right after)."""
+
+        def listening() -> bool:
+            if not self.alive():
+                raise AssertionError(f"relay exited:\n{self.log()[-3000:]}")
+            with psycopg.connect(database_url, autocommit=True) as c:
+                row = c.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN catfleet_outbox%%'"
+                    " AND datname = current_database()"
+                ).fetchone()
+            return bool(row and row[0])
+
+        wait_for(listening, timeout=timeout, interval=0.1, what="relay LISTEN")

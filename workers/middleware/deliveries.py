@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import dramatiq
 from dramatiq.middleware import Middleware
 
 from workers.deliveries import DeliveryCounter
-from workers.failures import FailureLog, FailureRecord
+from workers.failures import FailureLog, failure_record
 
 
 class DeliveryLimit(Middleware):
@@ -40,18 +39,7 @@ class DeliveryLimit(Middleware):
         message.fail()
         if self.failures is not None:
             try:
-                self.failures.record(
-                    FailureRecord(
-                        message_id=message.message_id,
-                        queue_name=message.queue_name,
-                        actor_name=message.actor_name,
-                        retries=int(message.options.get("retries", 0)),
-                        error_type="DeliveryLimitExceeded",
-                        error=reason,
-                        dead=True,
-                        at_ms=int(time.time() * 1000),
-                    )
-                )
+                self.failures.record(failure_record(message, "DeliveryLimitExceeded", reason))
             except Exception:
                 self.logger.exception("Could not record the failure of message %r", message.message_id)
 

@@ -1,13 +1,30 @@
-"""Records every failed attempt (and whether it dead-lettered the message) in the failure log."""
+"""Every failed attempt (and whether it dead-lettered the message): recorded in the failure log
+and logged as one structured line, with the correlation id and the retry count (logger
+``catfleet.failure``)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import dramatiq
 from dramatiq.middleware import Middleware
 
+from pipeline.settings import redact
 from workers.failures import FailureLog, failure_record
+
+failure_logger = logging.getLogger("catfleet.failure")
+MAX_LOGGED_ERROR_CHARS = 500
+
+
+def correlation_id_of(message: Any) -> str:
+    """The producer's correlation id from the payload, or the message id."""
+    args = message.args
+    if len(args) == 1 and isinstance(args[0], dict):
+        cid = args[0].get("correlation_id")
+        if isinstance(cid, str) and cid:
+            return cid[:200]
+    return str(message.message_id)
 
 
 class RecordFailures(Middleware):
@@ -29,6 +46,20 @@ class RecordFailures(Middleware):
         if exception is None:
             return
         try:
-            self.log.record(failure_record(message, exception))
+            self.log.record(failure_record(message, type(exception).__name__, str(exception)))
         except Exception:  # the log is best effort; the message itself is never at stake here
             self.logger.exception("Could not record the failure of message %r", message.message_id)
+        failure_logger.warning(
+            "message failed",
+            extra={
+                "event": "failure",
+                "actor": message.actor_name,
+                "queue": message.queue_name,
+                "message_id": message.message_id,
+                "correlation_id": correlation_id_of(message),
+                "retries": int(message.options.get("retries", 0)),
+                "dead": bool(message.failed),
+                "error_type": type(exception).__name__,
+                "error": redact(str(exception))[:MAX_LOGGED_ERROR_CHARS],
+            },
+        )
