@@ -15,7 +15,7 @@ import msgspec
 import psycopg
 
 from pipeline.settings import Settings
-from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE
+from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE, LEARN_QUEUE
 from tests.support import data
 from tests.support.data import count_rows
 from tests.support.scrape import Scrape, answers, get_json, scrape
@@ -113,7 +113,10 @@ def test_queue_depth_follows_a_real_backlog_and_status_reports_it(
             check=True,
         )
         status = json.loads(out.stdout)
-        [q] = status["queues"]
+        queues = {q["queue"]: q for q in status["queues"]}
+        assert sorted(queues) == sorted([CATEGORIZE_QUEUE, LEARN_QUEUE])  # every declared actor's queue
+        assert queues[LEARN_QUEUE]["ready"] == 0
+        q = queues[CATEGORIZE_QUEUE]
         assert (q["queue"], q["ready"], q["dead"], q["replayed"]) == (
             CATEGORIZE_QUEUE,
             report.messages + 1,
