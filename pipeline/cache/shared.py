@@ -116,7 +116,13 @@ class SharedTier(PatternTier):
         """Delete every key under this tier's prefix (all versions); returns how many."""
 
         def delete_all(client: Client) -> int:
-            return sum(int(client.delete(key)) for key in client.scan_iter(f"{self.prefix}:*", count=1000))
+            deleted, batch = 0, []
+            for key in client.scan_iter(f"{self.prefix}:*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:  # one UNLINK per 1000 keys (split by slot on a cluster)
+                    deleted += int(client.unlink(*batch))
+                    batch = []
+            return deleted + (int(client.unlink(*batch)) if batch else 0)
 
         return self._run(delete_all)
 

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
+import redis
 
 from pipeline.settings import Settings
 from workers.procs import ROOT, settings_env
@@ -51,3 +53,41 @@ def test_other_scenarios_produce_their_tables(
 ) -> None:
     result = bench(settings, tmp_path, *args)
     assert result[key]
+
+
+def test_memory_reports_rss_of_each_worker_process_idle_and_during_runs(
+    settings: Settings, tmp_path: Path
+) -> None:
+    args = ["--expenses", "1500", "--patterns", "1000", "--reps", "2", "--idle", "1", "--processes", "2"]
+    result = bench(settings, tmp_path, "memory", *args)
+    assert result["params"]["distinct_merchants"] == 1500  # type: ignore[index]
+    assert result["params"]["merchant_entries_in_l2"] == 1000  # type: ignore[index]
+    pids = result["worker_pids"]
+    assert len(pids) == 2  # type: ignore[arg-type]
+    for pid in pids:  # type: ignore[attr-defined]
+        assert result["baseline_idle_mb"]["per_process"][str(pid)] > 10  # type: ignore[index]
+        peak = result["run_mb"]["per_process"][str(pid)]["peak"]  # type: ignore[index]
+        assert peak["n"] == 2 and peak["min"] <= peak["median"] <= peak["max"]
+    assert result["per_s"]["median"] > 0 and isinstance(result["flat"], bool)  # type: ignore[index]
+    assert _cache_keys(settings) == []  # its private L2 keys are gone
+
+
+def test_degraded_compares_healthy_and_down_runs_and_their_rows(settings: Settings, tmp_path: Path) -> None:
+    args = ["--expenses", "2000", "--merchants", "300", "--reps", "1", "--processes", "1"]
+    # 4 batches: a breaker opening after 2 failures opens in every down run
+    result = bench(msgspec.structs.replace(settings, breaker_fail_max=2), tmp_path, "degraded", *args)
+    assert result["identical"] is True
+    assert result["rows_differing_from_reference"] == {"healthy": [0], "down": [0]}
+    assert result["breaker_opened"] == {"healthy": [False], "down": [True]}
+    lookups = result["cache_lookups"]
+    assert lookups["healthy"]["l2_hit"] > 0 and "l2_error" not in lookups["healthy"]  # type: ignore[index]
+    assert lookups["down"]["l2_error"] > 0 and "l2_hit" not in lookups["down"]  # type: ignore[index]
+    assert result["down_over_healthy"] > 0
+
+
+def _cache_keys(settings: Settings) -> list[bytes]:
+    client = redis.Redis.from_url(settings.cache_url)
+    try:
+        return list(client.scan_iter(f"{settings.cache_prefix}-bench-*", count=1000))
+    finally:
+        client.close()

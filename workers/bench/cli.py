@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from pipeline.settings import Settings
-from workers.bench import cache, relay, scenarios
+from workers.bench import cache, degraded, memory, relay, scenarios
 from workers.bench.env import BenchEnv, bench_env, write_results
 
 
@@ -64,6 +64,27 @@ RUNNERS: dict[str, Callable[[BenchEnv, argparse.Namespace], dict[str, Any]]] = {
         rate=a.rate,
         say=_say,
     ),
+    "memory": lambda env, a: memory.memory(
+        env,
+        expenses=a.expenses,
+        patterns=a.patterns,
+        users=a.users,
+        reps=a.reps,
+        processes=a.processes,
+        idle=a.idle,
+        interval=a.interval,
+        say=_say,
+    ),
+    "degraded": lambda env, a: degraded.degraded(
+        env,
+        expenses=a.expenses,
+        merchants=a.merchants,
+        users=a.users,
+        zipf=a.zipf,
+        reps=a.reps,
+        processes=a.processes,
+        say=_say,
+    ),
 }
 
 
@@ -108,6 +129,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--samples", type=int, default=200, help="single-expense transactions for latency")
     p.add_argument("--rate", type=float, default=20.0, help="their rate per second")
 
+    _memory_and_degraded(scenario)
+
     p = scenarios_sub.add_parser(
         "quality", help="learn from the earlier months' labels, categorize the later months, score each band"
     )
@@ -119,6 +142,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--json", action="store_true", help="the report as one JSON object")
     p.set_defaults(func=run_quality)
+
+
+def _memory_and_degraded(scenario: Callable[..., argparse.ArgumentParser]) -> None:
+    p = scenario(
+        "memory",
+        "worker RSS with 1M distinct merchants through and 1M merchant patterns cached vs idle after boot",
+        expenses=1_000_000,
+    )
+    p.set_defaults(reps=2)
+    p.add_argument("--patterns", type=int, default=1_000_000, help="global merchant patterns (in L2 too)")
+    p.add_argument("--users", type=int, default=1_000)
+    p.add_argument("--idle", type=float, default=5.0, help="seconds of idle baseline after boot")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between RSS samples")
+    p = scenario(
+        "degraded", "end-to-end throughput, pattern cache healthy vs down (L2 unreachable)", expenses=100_000
+    )
+    p.add_argument("--merchants", type=int, default=50_000, help="distinct merchants")
+    p.add_argument("--users", type=int, default=20)
+    p.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of the merchant stream")
 
 
 def run_quality(settings: Settings, args: argparse.Namespace) -> int:
