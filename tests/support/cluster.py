@@ -8,9 +8,7 @@ plugin (``pytest_plugins`` in tests/conftest.py).
 
 from __future__ import annotations
 
-import random
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,27 +17,17 @@ import pytest
 import redis
 from redis.cluster import key_slot
 
-from tests.support.servers import HOST, RedisServer
+from tests.support.servers import HOST, RedisServer, server_port
 from tests.support.services import wait_for
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
 def cluster_ports(n: int) -> list[int]:
-    """``n`` free loopback ports whose cluster bus ports (port + 10000) are free too."""
+    """``n`` distinct ports for cluster nodes whose bus ports (port + 10000) are free too."""
     ports: list[int] = []
     while len(ports) < n:
-        port = random.randint(20_000, 45_000)
-        if port in ports or not _port_free(port) or not _port_free(port + 10_000):
-            continue
-        ports.append(port)
+        port = server_port(also_free=10_000)
+        if port not in ports:
+            ports.append(port)
     return ports
 
 

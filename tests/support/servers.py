@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -18,9 +20,31 @@ import redis
 
 from pipeline.dbadmin import create_database
 from tests.support.services import wait_for
-from workers.procs import free_port, stop_workers
+from workers.procs import stop_workers
 
 HOST = "127.0.0.1"
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def server_port(*, also_free: int = 0) -> int:
+    """A free port for a test-owned server that is stopped and started again on the same port.
+    It lies below Linux's ephemeral range (32768+), so no outgoing connection and no
+    ``free_port()`` can take it while the server is down. ``also_free``: an offset whose port
+    must be free too (a Redis Cluster node's bus port, port + 10000)."""
+    while True:
+        port = random.randint(12_000, 22_700)
+        if port_free(port) and (not also_free or port_free(port + also_free)):
+            return port
+
+
 PG_BIN = max(
     Path("/usr/lib/postgresql").glob("*/bin"),
     key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
@@ -40,7 +64,7 @@ class RedisServer:
     def __init__(
         self, directory: Path, *, port: int | None = None, persist: bool = False, cluster: bool = False
     ) -> None:
-        self.port = port or free_port()
+        self.port = port or server_port()
         self.dir = directory
         self.persist = persist
         self.cluster = cluster
@@ -109,7 +133,7 @@ class PostgresServer:
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="catfleet-pg-"))
         self.data = self.root / "data"
-        self.port = free_port()
+        self.port = server_port()
         self.url = f"postgresql://postgres@{HOST}:{self.port}/postgres"
         if AS_USER:
             shutil.chown(self.root, "postgres", "postgres")
