@@ -56,7 +56,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: Messages a worker process holds; 0: 2 x threads.
     worker_prefetch: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
     #: Longest sleep of an idle Redis consumer between polls (ms): the idle latency floor.
-    worker_idle_poll_ms: Annotated[int, msgspec.Meta(ge=5, le=10_000)] = 1000
+    worker_idle_poll_ms: Annotated[int, msgspec.Meta(ge=5, le=10_000)] = 10
     #: Dramatiq retries across calls: how many, and the backoff window (ms).
     max_retries: Annotated[int, msgspec.Meta(ge=0, le=50)] = 5
     min_backoff_ms: Positive = 1_000
