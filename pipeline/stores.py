@@ -32,18 +32,7 @@ class ExpenseStore:
         )
         expenses, owned, version = [], set(), None
         for r in rows:
-            expenses.append(
-                Expense(
-                    id=r[0],
-                    user_id=r[1],
-                    merchant_name=r[2],
-                    description=r[3],
-                    amount=r[4],
-                    currency=r[5].strip(),
-                    transaction_date=r[6],
-                    transaction_time=r[7],
-                )
-            )
+            expenses.append(expense_from_row(r))
             version = r[8]
             if r[9]:
                 owned.add(r[0])
@@ -56,7 +45,21 @@ class ExpenseStore:
         return [r[0] for r in rows]
 
 
-def _pattern(row: Sequence[Any]) -> Pattern:
+def expense_from_row(r: Sequence[Any]) -> Expense:
+    """An Expense from the first eight columns of ``LOAD_EXPENSES`` (and queries shaped like it)."""
+    return Expense(
+        id=r[0],
+        user_id=r[1],
+        merchant_name=r[2],
+        description=r[3],
+        amount=r[4],
+        currency=r[5].strip(),
+        transaction_date=r[6],
+        transaction_time=r[7],
+    )
+
+
+def pattern_from_row(row: Sequence[Any]) -> Pattern:
     return Pattern(
         id=row[0], user_id=row[1], category_id=row[2], kind=PatternKind(row[3]), value=row[4], weight=row[5]
     )
@@ -81,7 +84,7 @@ class PatternStore:
         rows = self.db.run(lambda c: c.execute(queries.LOAD_MERCHANT_PATTERNS, params).fetchall(), read=True)
         found: dict[MerchantKey, list[Pattern]] = {key: [] for key in keys}
         for row in rows:
-            p = _pattern(row[1:])
+            p = pattern_from_row(row[1:])
             bucket = found.get((p.user_id or 0, USER_ENTRY if row[0] else p.value))
             if bucket is not None:
                 bucket.append(p)
@@ -91,7 +94,7 @@ class PatternStore:
         """The ruleset version and its non-merchant patterns, in one statement."""
         rows = self.db.run(lambda c: c.execute(queries.LOAD_RULES).fetchall(), read=True)
         version = rows[0][0] if rows else 0
-        return version, tuple(_pattern(r[1:]) for r in rows if r[1] is not None)
+        return version, tuple(pattern_from_row(r[1:]) for r in rows if r[1] is not None)
 
 
 class WriteMeta(msgspec.Struct, frozen=True, kw_only=True):

@@ -14,8 +14,8 @@ import dramatiq
 from pipeline.matcher import Thresholds, decide, merchant_hits
 from pipeline.normalize import merchant_keys, normalize_merchant
 from pipeline.rules import Ruleset
-from pipeline.stores import WriteMeta, _pattern
-from schemas import Expense, PatternKind
+from pipeline.stores import WriteMeta, expense_from_row, pattern_from_row
+from schemas import PatternKind
 from workers.app import build_app
 from workers.config import settings_from_env
 from workers.logs import setup_logging
@@ -43,17 +43,10 @@ def declare_naive_actor(broker: dramatiq.Broker, holder: RuntimeHolder) -> drama
             row = conn.execute(LOAD_ONE, (expense_id,)).fetchone()
             if row is None:
                 return
-            expense = Expense(
-                id=row[0],
-                user_id=row[1],
-                merchant_name=row[2],
-                description=row[3],
-                amount=row[4],
-                currency=row[5].strip(),
-                transaction_date=row[6],
-                transaction_time=row[7],
-            )
-            patterns = [_pattern(r) for r in conn.execute(LOAD_PATTERNS, (expense.user_id,)).fetchall()]
+            expense = expense_from_row(row)
+            patterns = [
+                pattern_from_row(r) for r in conn.execute(LOAD_PATTERNS, (expense.user_id,)).fetchall()
+            ]
         merchants: dict[tuple[int, str], tuple[Any, ...]] = {}
         for p in patterns:
             if p.kind is PatternKind.MERCHANT:
