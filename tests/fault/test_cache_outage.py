@@ -98,8 +98,10 @@ class OutageContract:
         assert tier.breaker.stats.rejected > 0 and totals["l2_error"] > 0
         assert cache.snapshot(conn) == healthy  # every expense, the same decisions
 
-    def test_one_node_down_mid_run(
+    @pytest.mark.parametrize("outage", ["stop_one", "stop_all"], ids=["one node down", "whole cache down"])
+    def test_outage_mid_run(
         self,
+        outage: str,
         server: LocalRedisServers,
         db: Database,
         tier: SharedTier,
@@ -107,18 +109,7 @@ class OutageContract:
         conn: psycopg.Connection[Any],
         healthy: list[tuple[Any, ...]],
     ) -> None:
-        self.check_outage(server.stop_one, db, tier, ids, conn, healthy)
-
-    def test_whole_cache_down_mid_run(
-        self,
-        server: LocalRedisServers,
-        db: Database,
-        tier: SharedTier,
-        ids: list[int],
-        conn: psycopg.Connection[Any],
-        healthy: list[tuple[Any, ...]],
-    ) -> None:
-        self.check_outage(server.stop_all, db, tier, ids, conn, healthy)
+        self.check_outage(getattr(server, outage), db, tier, ids, conn, healthy)
 
     def test_restart_closes_the_breaker_and_l2_fills_again(
         self,

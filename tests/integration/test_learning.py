@@ -14,12 +14,9 @@ from pipeline.categorize import Categorizer
 from pipeline.db import Database
 from pipeline.errors import ConflictingCorrection, PermanentError, UnknownCategory, UnknownExpense
 from pipeline.learning import DEACTIVATE_BELOW, WEAKEN_FACTOR, Learner, default_correction_key
-from pipeline.matcher import Thresholds
-from pipeline.resolver import PatternResolver
 from pipeline.settings import Settings
-from pipeline.stores import CategorizationStore, ExpenseStore, PatternStore
 from schemas import Correction
-from tests.support import data
+from tests.support import cache, data
 
 
 @pytest.fixture
@@ -36,12 +33,7 @@ def learner(db: Database) -> Learner:
 
 @pytest.fixture
 def categorizer(db: Database) -> Categorizer:
-    return Categorizer(
-        expenses=ExpenseStore(db),
-        resolver=PatternResolver(PatternStore(db), [LocalTier(max_entries=1000, ttl_seconds=60)]),
-        writer=CategorizationStore(db),
-        thresholds=Thresholds(auto=0.85, suggest=0.70),
-    )
+    return cache.categorizer(db, [LocalTier(max_entries=1000, ttl_seconds=60)])
 
 
 def fix(expense_id: int, key: str, idem: str | None = None) -> Correction:

@@ -12,11 +12,9 @@ import pytest
 from pipeline.cache import LocalTier
 from pipeline.categorize import Categorizer
 from pipeline.db import Database
-from pipeline.matcher import USER_ENTRY_MAX, Thresholds
-from pipeline.resolver import PatternResolver
+from pipeline.matcher import USER_ENTRY_MAX
 from pipeline.settings import Settings
-from pipeline.stores import CategorizationStore, ExpenseStore, PatternStore
-from tests.support import data
+from tests.support import cache, data
 
 
 class CountingCursor(psycopg.Cursor[Any]):
@@ -43,12 +41,7 @@ def db(settings: Settings) -> Iterator[Database]:
 
 
 def make_categorizer(db: Database) -> Categorizer:
-    return Categorizer(
-        expenses=ExpenseStore(db),
-        resolver=PatternResolver(PatternStore(db), [LocalTier(max_entries=1000, ttl_seconds=60)]),
-        writer=CategorizationStore(db),
-        thresholds=Thresholds(auto=0.85, suggest=0.70),
-    )
+    return cache.categorizer(db, [LocalTier(max_entries=1000, ttl_seconds=60)])
 
 
 def test_mixed_known_and_unknown_ids(
