@@ -17,14 +17,15 @@ from workers.procs import ROOT, settings_env
 
 def bench(settings: Settings, tmp_path: Path, *args: str) -> dict[str, object]:
     out = tmp_path / "result.json"
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "workers", "bench", *args, "--json", str(out)],
         env=settings_env(settings),
         cwd=ROOT,
-        check=True,
         capture_output=True,
+        text=True,
         timeout=300,
     )
+    assert done.returncode == 0, f"bench {args[0]} exited {done.returncode}:\n{done.stderr[-4000:]}"
     doc = json.loads(out.read_text())
     assert doc["machine"]["cpus"] >= 1
     return doc["result"]  # type: ignore[no-any-return]

@@ -174,8 +174,12 @@ def memory(
         with env.workers("memory", processes=processes, **{env_name("cache_prefix"): prefix}) as proc:
             pids = rss.worker_pids(proc.pid, processes)
             with rss.Sampler(pids, interval=interval) as sampler:
+                # explicit samples bound the idle window, so it is never empty whatever the
+                # sampler thread's timing
                 t_idle = time.monotonic()
+                sampler.sample()
                 time.sleep(idle)
+                sampler.sample()
                 idle_window = (t_idle, time.monotonic())
                 for rep in range(reps):
                     env.reset_results()
