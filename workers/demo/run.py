@@ -13,7 +13,7 @@ import msgspec
 import psycopg
 import redis
 
-from pipeline.dbadmin import create_database, dbname, with_dbname
+from pipeline.dbadmin import admin_url, create_database, dbname, with_dbname
 from pipeline.settings import Settings
 from workers.app import build_app
 from workers.config import env_name
@@ -32,8 +32,9 @@ def demo_database_url(settings: Settings) -> str:
 
 
 def check_services(settings: Settings) -> None:
+    # The server, not the configured database: the demo makes a database of its own.
     try:
-        with psycopg.connect(settings.database_url, connect_timeout=5):
+        with psycopg.connect(admin_url(settings.database_url), connect_timeout=5):
             pass
     except psycopg.OperationalError as exc:
         raise SystemExit(f"PostgreSQL is not reachable at {env_name('database_url')}: {exc}") from None
