@@ -21,8 +21,13 @@ from pipeline.matcher import (
 )
 from pipeline.normalize import merchant_keys, normalize_merchant
 from pipeline.resolver import PatternResolver
+from pipeline.rules import Hit
 from pipeline.stores import CategorizationStore, ExpenseStore, WriteMeta
 from schemas import Expense, Outcome
+
+#: Decisions memoized per worker process (see ``Categorizer._decide``); cleared when full
+#: (about 1.3 kB each with their explanation: ~13 MB at most).
+DECISION_MEMO_MAX = 10_000
 
 
 class BatchReport(msgspec.Struct, kw_only=True):
@@ -51,6 +56,8 @@ class Categorizer:
         self.resolver = resolver
         self.writer = writer
         self.thresholds = thresholds
+        # shared by the worker's threads: single dict operations are atomic, Decisions frozen
+        self._decisions: dict[tuple[object, ...], Decision] = {}
 
     def categorize(
         self,
@@ -84,7 +91,7 @@ class Categorizer:
                     for h in rules.match(e, keys[0] if keys else "")
                     if h.pattern.user_id is None or h.pattern.user_id == e.user_id
                 )
-                d = decide(hits, self.thresholds)
+                d = self._decide(version, hits)
                 decisions.append((e.id, d))
                 outcomes[_outcome(d)] += 1
                 if d.category_id is not None:
@@ -106,6 +113,19 @@ class Categorizer:
             categories=dict(categories),
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
+
+    def _decide(self, version: int, hits: list[Hit]) -> Decision:
+        """``decide`` memoized on the hits (pattern ids, scores and details) within a ruleset
+        version: a pattern's content is fixed by (version, id), so equal hits decide alike. Zipf
+        traffic repeats merchants, and deciding costs more than building the key."""
+        key = (version, *[(h.pattern.id, h.score, h.detail) for h in hits])
+        d = self._decisions.get(key)
+        if d is None:
+            d = decide(hits, self.thresholds)
+            if len(self._decisions) >= DECISION_MEMO_MAX:
+                self._decisions.clear()  # bounded; cheaper than LRU bookkeeping per lookup
+            self._decisions[key] = d
+        return d
 
     def _merchant_patterns(
         self, version: int, todo: Sequence[Expense], keys_of: dict[int, list[str]], cache: Counter[str]

@@ -50,7 +50,7 @@ INSERT INTO categorizations AS c (
 SELECT u.expense_id, u.category_id, u.pattern_id, u.confidence, u.band, u.method, u.explanation,
        %(ruleset_version)s, %(message_id)s, %(correlation_id)s, 'auto', %(enqueued_at)s
 FROM unnest(%(expense_ids)b::bigint[], %(category_ids)b::bigint[], %(pattern_ids)b::bigint[],
-            %(confidences)b::real[], %(bands)b::text[], %(methods)b::text[], %(explanations)b::jsonb[])
+            %(confidences)b::real[], %(bands)b::text[], %(methods)b::text[], %(explanations)b::json[])
      AS u(expense_id, category_id, pattern_id, confidence, band, method, explanation)
 ON CONFLICT (expense_id) DO UPDATE SET
     category_id = EXCLUDED.category_id, pattern_id = EXCLUDED.pattern_id,
@@ -60,9 +60,9 @@ ON CONFLICT (expense_id) DO UPDATE SET
     enqueued_at = EXCLUDED.enqueued_at, categorized_at = clock_timestamp()
 WHERE c.source = 'auto'
   AND EXCLUDED.ruleset_version >= c.ruleset_version
-  AND (c.category_id, c.pattern_id, c.confidence, c.band, c.explanation)
+  AND (c.category_id, c.pattern_id, c.confidence, c.band, c.explanation::text)
       IS DISTINCT FROM
-      (EXCLUDED.category_id, EXCLUDED.pattern_id, EXCLUDED.confidence, EXCLUDED.band, EXCLUDED.explanation)
+      (EXCLUDED.category_id, EXCLUDED.pattern_id, EXCLUDED.confidence, EXCLUDED.band, EXCLUDED.explanation::text)
 RETURNING c.expense_id
 """
 
@@ -241,7 +241,7 @@ WRITE_USER_CATEGORIZATION: LiteralString = """
 INSERT INTO categorizations AS c (
     expense_id, category_id, pattern_id, confidence, band, method, explanation,
     ruleset_version, message_id, correlation_id, source)
-VALUES (%(expense_id)s, %(category_id)s, %(pattern_id)s, 1.0, 'auto', 'user', %(explanation)s::jsonb,
+VALUES (%(expense_id)s, %(category_id)s, %(pattern_id)s, 1.0, 'auto', 'user', %(explanation)s::json,
         (SELECT version FROM ruleset), %(message_id)s, %(correlation_id)s, 'user')
 ON CONFLICT (expense_id) DO UPDATE SET
     category_id = EXCLUDED.category_id, pattern_id = EXCLUDED.pattern_id,

@@ -14,6 +14,7 @@ from psycopg.conninfo import make_conninfo
 from pipeline.dbadmin import admin_url
 from pipeline.migrate import available, migrate
 from pipeline.settings import Settings
+from tests.support import data
 
 
 @pytest.fixture
@@ -73,3 +74,28 @@ def test_ruleset_version_bumps_on_rule_changes_not_on_counters(settings: Setting
         conn.execute("UPDATE categorization_patterns SET weight = 0.5")
         v3 = conn.execute("SELECT version FROM ruleset").fetchone()[0]  # type: ignore[index]
     assert v1 > v0 and v2 == v1 and v3 > v2
+
+
+def test_deleting_a_category_or_pattern_clears_the_categorizations_pointing_at_it(settings: Settings) -> None:
+    """0006 replaced the foreign keys of categorizations by statement triggers: ON DELETE SET NULL."""
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        cats = data.reset(conn)
+        coffee, fuel = (
+            data.add_pattern(conn, cats["coffee"], "merchant", "STARBUCKS"),
+            data.add_pattern(conn, cats["fuel"], "merchant", "SHELL"),
+        )
+        e1, e2, e3 = data.add_expenses(conn, ["STARBUCKS", "SHELL", "SHELL"])
+        for expense, cat, pattern in ((e1, "coffee", coffee), (e2, "fuel", fuel), (e3, "fuel", None)):
+            conn.execute(
+                "INSERT INTO categorizations (expense_id, category_id, pattern_id, confidence, band, method,"
+                " explanation, ruleset_version) VALUES (%s, %s, %s, 0.9, 'auto', 'merchant', '{}', 1)",
+                (expense, cats[cat], pattern),
+            )
+        conn.execute("DELETE FROM categorization_patterns WHERE id = %s", (fuel,))
+        after_pattern = dict(conn.execute("SELECT expense_id, pattern_id FROM categorizations").fetchall())
+        conn.execute("DELETE FROM categories WHERE id = %s", (cats["coffee"],))  # its pattern cascades
+        after_category = conn.execute(
+            "SELECT expense_id, category_id, pattern_id FROM categorizations ORDER BY expense_id"
+        ).fetchall()
+    assert after_pattern == {e1: coffee, e2: None, e3: None}
+    assert after_category == [(e1, None, None), (e2, cats["fuel"], None), (e3, cats["fuel"], None)]

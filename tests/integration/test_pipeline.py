@@ -169,3 +169,23 @@ def test_hostile_merchant_strings_are_stored_safely(
     assert sum(report.outcomes.values()) == len(hostile)
     assert len(data.rows(conn)) == len(hostile)
     assert conn.execute("SELECT count(*) FROM expenses").fetchone()[0] == len(hostile)  # type: ignore[index]
+
+
+def test_remembered_decisions_follow_a_rule_change_at_once(
+    db: Database, conn: psycopg.Connection[Any], cats: dict[str, int]
+) -> None:
+    """The categorizer memoizes decisions per ruleset version: the same hits decide alike, and a
+    pattern edited in place (same id, new category) is seen by the very next batch."""
+    categorizer = make_categorizer(db)
+    first = data.add_expenses(conn, ["STARBUCKS", "STARBUCKS #12"])
+    categorizer.categorize(first)
+    before = {r[0]: r[1:7] for r in data.rows(conn)}
+    assert before[first[0]] == before[first[1]] and before[first[0]][0] == cats["coffee"]
+    conn.execute(
+        "UPDATE categorization_patterns SET category_id = %s WHERE kind = 'merchant' AND value = 'starbucks'",
+        (cats["dining"],),
+    )
+    again = data.add_expenses(conn, ["STARBUCKS"])
+    categorizer.categorize([*first, *again])
+    after = {r[0]: r[1] for r in data.rows(conn)}
+    assert after == {first[0]: cats["dining"], first[1]: cats["dining"], again[0]: cats["dining"]}
