@@ -1,7 +1,8 @@
 """The one merchant normalizer, used for patterns and expenses alike.
 
 ``PAYPAL *STARBUCKS 402935`` -> ``starbucks``; ``TST* WALMART STORE #4567`` -> ``walmart``;
-``UBER *TRIP HELP.UBER.COM`` -> ``uber trip``. Deterministic, pure, bounded input.
+``UBER *TRIP HELP.UBER.COM`` -> ``uber trip``; ``STARBUCKS #1234 SEATTLE WA`` -> ``starbucks``.
+Deterministic, pure, bounded input.
 """
 
 from __future__ import annotations
@@ -112,6 +113,70 @@ _US_STATES = frozenset(
     ]
 )
 
+_STATE_ALT = "|".join(sorted(_US_STATES))
+# US card descriptors end "NAME [#STORE] CITY ST [ZIP]". After a store number or digit run, the
+# (up to 3) words before a trailing state code are the city: "STARBUCKS #1234 SEATTLE WA",
+# "SHELL OIL 57442215400 HOUSTON TX 77002". The number itself goes later, with the store numbers.
+_CITY_AFTER_NUMBER = re.compile(
+    rf"(?<=\d)(?:[\s,]+[a-z][a-z'.-]*){{1,3}}[\s,]+(?:{_STATE_ALT})(?:\s+\d{{5}}(?:-\d{{4}})?)?\s*$"
+)
+# Without a store number, a city is only recognised by name, and only in its own state, right
+# before that state's code: "STARBUCKS SEATTLE WA", "SQ *BLUE BOTTLE COFFEE OAKLAND CA". The
+# largest US cities (and a few card-heavy ones) by state; a name is never reduced to nothing.
+_US_CITIES: dict[str, frozenset[str]] = {
+    state: frozenset(cities.split(","))
+    for state, cities in {
+        "ak": "anchorage",
+        "al": "huntsville,montgomery",  # not birmingham: the UK one is far more frequent here
+        "ar": "little rock",
+        "az": "phoenix,tucson,mesa,chandler,gilbert,glendale,scottsdale,tempe",
+        "ca": "los angeles,san diego,san jose,san francisco,fresno,sacramento,long beach,oakland,"
+        "bakersfield,anaheim,santa ana,riverside,stockton,irvine,chula vista,fremont,san bernardino,"
+        "modesto,santa clarita,oxnard,huntington beach,santa rosa,pasadena,palo alto,mountain view,"
+        "sunnyvale,santa monica,berkeley,burbank,cupertino,menlo park,redwood city,santa clara",
+        "co": "denver,colorado springs,aurora,fort collins,boulder",
+        "ct": "hartford,new haven,stamford,bridgeport",
+        "dc": "washington",
+        "fl": "jacksonville,miami,tampa,orlando,st petersburg,saint petersburg,hialeah,tallahassee,"
+        "fort lauderdale,miami beach,boca raton,west palm beach,gainesville",
+        "ga": "atlanta,savannah,augusta",
+        "hi": "honolulu",
+        "ia": "des moines,cedar rapids",
+        "id": "boise",
+        "il": "chicago,naperville,joliet,rockford,evanston,schaumburg",
+        "in": "indianapolis,fort wayne,evansville,south bend",
+        "ks": "wichita,overland park,topeka",
+        "ky": "louisville,lexington",
+        "la": "new orleans,baton rouge,shreveport",
+        "ma": "boston,worcester,cambridge",
+        "md": "baltimore,annapolis,bethesda,rockville,silver spring",
+        "mi": "detroit,grand rapids,ann arbor,lansing,dearborn",
+        "mn": "minneapolis,st paul,saint paul",
+        "mo": "kansas city,st louis,saint louis",
+        "nc": "charlotte,raleigh,greensboro,durham,winston salem,asheville,chapel hill",
+        "ne": "omaha",
+        "nj": "newark,jersey city,hoboken,trenton",
+        "nm": "albuquerque,santa fe,las cruces",
+        "nv": "las vegas,north las vegas,henderson,reno",
+        "ny": "new york,brooklyn,bronx,staten island,long island city,buffalo,rochester,yonkers,"
+        "syracuse,albany",
+        "oh": "columbus,cleveland,cincinnati,toledo,akron,dayton",
+        "ok": "oklahoma city,tulsa",
+        "or": "portland,eugene,beaverton",
+        "pa": "philadelphia,pittsburgh,allentown,harrisburg",
+        "ri": "providence",
+        "sc": "charleston,myrtle beach",
+        "sd": "sioux falls,rapid city",
+        "tn": "nashville,memphis,knoxville,chattanooga",
+        "tx": "houston,san antonio,dallas,austin,fort worth,el paso,corpus christi,plano,laredo,"
+        "lubbock,irving,frisco,mckinney,amarillo,grand prairie,round rock,sugar land",
+        "ut": "salt lake city,provo,park city",
+        "va": "virginia beach,norfolk,chesapeake,richmond,alexandria,newport news",
+        "wa": "seattle,spokane,tacoma,bellevue,redmond,everett,kirkland,olympia",
+        "wi": "milwaukee,madison,green bay",
+    }.items()
+}
+
 
 def _fold(text: str) -> str:
     """Lower-case and strip accents: 'Café' -> 'cafe'."""
@@ -125,6 +190,7 @@ def normalize_merchant(raw: str) -> str:
     text = _fold(raw).strip()
     text = _PROCESSOR_PREFIX.sub("", text)
     text = _URL.sub(lambda m: " " + _domain_name(m.group(0)) + " ", text)
+    text = _CITY_AFTER_NUMBER.sub("", text)
     text = _PHONE.sub(" ", text)
     text = _STORE_NO.sub(" ", text)
     text = text.replace("*", " ")
@@ -135,10 +201,20 @@ def normalize_merchant(raw: str) -> str:
     text = _NON_WORD.sub(" ", text).replace("'", "")
     tokens = [t for t in _SPACES.split(text) if t and t != "&"]
     while len(tokens) > 1 and (tokens[-1] in _SUFFIXES or tokens[-1] in _US_STATES):
-        tokens.pop()
+        last = tokens.pop()
+        if last in _US_CITIES:
+            tokens = _without_city(tokens, _US_CITIES[last])
     while len(tokens) > 1 and tokens[0] == "the":
         tokens.pop(0)
     return " ".join(_dedupe(tokens))
+
+
+def _without_city(tokens: list[str], cities: frozenset[str]) -> list[str]:
+    """``tokens`` without a trailing city of ``cities`` (1-3 words), if a name is left before it."""
+    for n in range(min(3, len(tokens) - 1), 0, -1):
+        if " ".join(tokens[-n:]) in cities:
+            return tokens[:-n]
+    return tokens
 
 
 def _domain_name(url: str) -> str:

@@ -2,13 +2,20 @@
 
 Keywords and descriptions are matched in one pass (Aho-Corasick), regexes in one pass of an
 RE2 set (linear time: no ReDoS), amount ranges and times by comparison.
+
+Values are checked when a pattern is saved, but a row written by plain SQL skips that check. The
+compiled rule set therefore skips a value it cannot compile (a regex RE2 rejects, an unparsable
+amount range or time) instead of raising: one bad row must not fail every batch. A skip is logged
+once per compile (the resolver compiles once per ruleset version and process), kept on
+``Ruleset.skipped`` and reported to the hooks registered with ``on_skipped_pattern``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import ahocorasick
 import msgspec
@@ -17,6 +24,8 @@ import re2
 from pipeline.errors import InvalidPattern
 from pipeline.normalize import normalize_merchant, normalize_text
 from schemas import Expense, Pattern, PatternKind
+
+log = logging.getLogger(__name__)
 
 MAX_REGEX_CHARS = 300
 #: RE2 refuses programs over this size: a guard against patterns that are merely huge.
@@ -33,6 +42,18 @@ def _re2_options() -> re2.Options:
     options.max_mem = RE2_MAX_MEM
     options.case_sensitive = False
     return options
+
+
+def _re2_error(value: str) -> str | None:
+    """Why RE2 refuses ``value`` (its own message), or None when it compiles."""
+    try:
+        re2.compile(value, _re2_options())
+    except re2.error as exc:
+        detail = exc.args[0] if exc.args else exc
+        if isinstance(detail, bytes):
+            detail = detail.decode(errors="replace")
+        return str(detail)
+    return None
 
 
 class Hit(msgspec.Struct, frozen=True):
@@ -53,15 +74,9 @@ def canonical_value(kind: PatternKind | str, value: str) -> str:
     elif kind is PatternKind.REGEX:
         if len(value) > MAX_REGEX_CHARS:
             raise InvalidPattern(f"regex longer than {MAX_REGEX_CHARS} characters")
-        try:
-            re2.compile(value, _re2_options())
-        except re2.error as exc:
-            detail = exc.args[0] if exc.args else exc
-            if isinstance(detail, bytes):
-                detail = detail.decode(errors="replace")
-            raise InvalidPattern(
-                f"regex rejected by RE2 (only linear-time syntax is allowed): {detail}"
-            ) from exc
+        error = _re2_error(value)
+        if error is not None:
+            raise InvalidPattern(f"regex rejected by RE2 (only linear-time syntax is allowed): {error}")
         out = value
     elif kind is PatternKind.AMOUNT_RANGE:
         low, high = parse_amount_range(value)
@@ -111,34 +126,92 @@ def parse_time(value: str) -> tuple[tuple[int, int] | None, frozenset[int] | Non
     return hours, days
 
 
+class SkippedPattern(msgspec.Struct, frozen=True):
+    """A stored pattern the rule set could not compile, and why."""
+
+    pattern: Pattern
+    reason: str
+
+
+#: ``hook(skipped, ruleset_version)``, called once per skipped pattern per compile (for a metric).
+SkipHook = Callable[[SkippedPattern, int], None]
+_skip_hooks: list[SkipHook] = []
+_SKIPS_LOGGED = 20  # the log line names at most this many skipped patterns
+
+
+def on_skipped_pattern(hook: SkipHook) -> None:
+    """Call ``hook(skipped, version)`` for every pattern a rule-set compile skips."""
+    _skip_hooks.append(hook)
+
+
 class Ruleset:
-    """The compiled non-merchant patterns of one ruleset version (global and per user)."""
+    """The compiled non-merchant patterns of one ruleset version (global and per user).
+
+    A pattern whose value does not compile is skipped (see the module docstring), never raised.
+    """
 
     def __init__(self, version: int, patterns: Iterable[Pattern]):
         self.version = version
         self.patterns: tuple[Pattern, ...] = tuple(p for p in patterns if p.kind is not PatternKind.MERCHANT)
         self._text = ahocorasick.Automaton()
-        self._regexes: list[Pattern] = []
         self._amounts: list[tuple[Pattern, float | None, float | None]] = []
         self._times: list[tuple[Pattern, tuple[int, int] | None, frozenset[int] | None]] = []
-        regex_set = re2.Set.SearchSet(_re2_options())
+        skipped: list[SkippedPattern] = []
+        regexes: list[Pattern] = []
         words: dict[str, list[Pattern]] = {}
         for p in self.patterns:
-            if p.kind in (PatternKind.KEYWORD, PatternKind.DESCRIPTION):
-                words.setdefault(f" {p.value} ", []).append(p)
-            elif p.kind is PatternKind.REGEX:
-                regex_set.Add(p.value)
-                self._regexes.append(p)
-            elif p.kind is PatternKind.AMOUNT_RANGE:
-                self._amounts.append((p, *parse_amount_range(p.value)))
-            elif p.kind is PatternKind.TIME:
-                self._times.append((p, *parse_time(p.value)))
+            try:
+                if p.kind in (PatternKind.KEYWORD, PatternKind.DESCRIPTION):
+                    words.setdefault(f" {p.value} ", []).append(p)
+                elif p.kind is PatternKind.REGEX:
+                    error = _re2_error(p.value)
+                    if error is not None:
+                        raise InvalidPattern(f"regex rejected by RE2: {error}")
+                    regexes.append(p)
+                elif p.kind is PatternKind.AMOUNT_RANGE:
+                    self._amounts.append((p, *parse_amount_range(p.value)))
+                elif p.kind is PatternKind.TIME:
+                    self._times.append((p, *parse_time(p.value)))
+            except InvalidPattern as exc:
+                skipped.append(SkippedPattern(p, str(exc)))
         for word, owners in words.items():
             self._text.add_word(word, tuple(owners))
         if words:
             self._text.make_automaton()
-        regex_set.Compile()
-        self._regex_set = regex_set if self._regexes else None
+        self._regex_sets = _regex_sets(regexes, skipped)
+        self.skipped: tuple[SkippedPattern, ...] = tuple(skipped)
+        if skipped:
+            self._report_skipped()
+
+    def _report_skipped(self) -> None:
+        """One log line for the compile (the first few skips in full), then the hooks."""
+        shown = [
+            {
+                "pattern_id": s.pattern.id,
+                "kind": s.pattern.kind.value,
+                "value": s.pattern.value[:100],
+                "reason": s.reason,
+            }
+            for s in self.skipped[:_SKIPS_LOGGED]
+        ]
+        log.error(
+            "ruleset %d: %d pattern(s) skipped, their values do not compile (fix or delete the rows): %s",
+            self.version,
+            len(self.skipped),
+            "; ".join(f"{d['pattern_id']} {d['kind']} {d['value']!r}: {d['reason']}" for d in shown),
+            extra={
+                "event": "patterns_skipped",
+                "ruleset_version": self.version,
+                "count": len(self.skipped),
+                "skipped": shown,
+            },
+        )
+        for skip in self.skipped:
+            for hook in _skip_hooks:
+                try:
+                    hook(skip, self.version)
+                except Exception:  # a broken metrics hook must not break categorization
+                    log.exception("skipped-pattern hook failed")
 
     def match(self, expense: Expense, merchant: str) -> list[Hit]:
         """Every rule that fires for the expense (any user's rules are filtered by the caller)."""
@@ -154,11 +227,12 @@ class Ruleset:
                         continue
                     where = "merchant" if in_merchant else "description"
                     hits.append(Hit(p, p.weight, f"{p.kind.value} {p.value!r} in {where}"))
-        if self._regex_set is not None:
+        if self._regex_sets:
             subject = f"{expense.merchant_name[:256]} {expense.description[:768]}"
-            for i in sorted(self._regex_set.Match(subject) or ()):
-                p = self._regexes[i]
-                hits.append(Hit(p, p.weight, f"regex /{p.value}/"))
+            for regex_set, owners in self._regex_sets:
+                for i in sorted(regex_set.Match(subject) or ()):
+                    p = owners[i]
+                    hits.append(Hit(p, p.weight, f"regex /{p.value}/"))
         for p, low, high in self._amounts:
             if (low is None or expense.amount >= low) and (high is None or expense.amount <= high):
                 hits.append(Hit(p, p.weight, f"amount {expense.amount:g} in {p.value}"))
@@ -166,6 +240,36 @@ class Ruleset:
             if _time_fires(expense, hours, days):
                 hits.append(Hit(p, p.weight, f"time {p.value}"))
         return hits
+
+
+def _regex_sets(
+    patterns: Sequence[Pattern], skipped: list[SkippedPattern]
+) -> list[tuple[re2.Set, Sequence[Pattern]]]:
+    """RE2 sets matching ``patterns`` (Set index i is ``owners[i]``): one set, or as few as fit
+    RE2's memory budget when together they are too big (halved until they fit; a pattern too
+    big on its own is skipped)."""
+    if not patterns:
+        return []
+    regex_set = re2.Set.SearchSet(_re2_options())
+    owners: list[Pattern] = []
+    for p in patterns:
+        try:
+            regex_set.Add(p.value)  # the index of an added pattern is len(owners)
+        except re2.error as exc:
+            skipped.append(SkippedPattern(p, f"regex rejected by RE2: {exc}"))
+            continue
+        owners.append(p)
+    if not owners:
+        return []
+    try:
+        regex_set.Compile()
+    except re2.error:
+        if len(owners) == 1:
+            skipped.append(SkippedPattern(owners[0], "regex too large for RE2's memory budget"))
+            return []
+        half = len(owners) // 2
+        return _regex_sets(owners[:half], skipped) + _regex_sets(owners[half:], skipped)
+    return [(regex_set, owners)]
 
 
 def _time_fires(expense: Expense, hours: tuple[int, int] | None, days: frozenset[int] | None) -> bool:

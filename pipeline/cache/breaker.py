@@ -1,14 +1,28 @@
 """The circuit breaker in front of L2: pybreaker, with its state and transitions observable.
 
-pybreaker runs a guarded call under its lock, so in half-open exactly one probe is in flight
-and the others wait for its verdict. While open, a call fails at once with CacheUnavailable
-and the guarded function never runs: no L2 traffic at all.
+pybreaker 1.4.1 runs the guarded function while holding its (per-breaker) lock, so calling L2
+through ``CircuitBreaker.call`` would serialize every L2 call of a process: one slow cache node
+would stall every worker thread. Here pybreaker still owns the state machine (consecutive
+failure count, trip, half-open, close, listeners), but the network call runs outside any lock:
+
+1. admission, under a short lock: closed lets the call through; open refuses it (CacheUnavailable,
+   the guarded function never runs: no L2 traffic at all) until the reset timeout has passed,
+   then moves pybreaker to half-open and lets exactly **one** probe through; every other call
+   is refused while the probe is in flight (it falls back to L3 at once instead of waiting);
+2. the guarded function runs, unlocked and concurrently with the other threads' calls;
+3. its outcome is replayed into pybreaker, under the same short lock, through
+   ``CircuitBreaker.call`` with a function that returns or raises at once: pybreaker counts the
+   failure or success and makes the transition. The outcome of a call admitted while closed
+   that finishes after the breaker has left closed is not replayed (it cannot trip an open
+   breaker again nor pass for the probe), and a probe that never reports back (its thread
+   interrupted) stops holding the half-open slot after another reset timeout.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -60,9 +74,6 @@ class _Listener(pybreaker.CircuitBreakerListener):
     def __init__(self, owner: CacheBreaker) -> None:
         self.owner = owner
 
-    def failure(self, cb: pybreaker.CircuitBreaker, exc: BaseException) -> None:
-        self.owner.stats.count("failures")
-
     def state_change(
         self,
         cb: pybreaker.CircuitBreaker,
@@ -72,14 +83,27 @@ class _Listener(pybreaker.CircuitBreakerListener):
         self.owner._transition(old_state.name if old_state else CLOSED, new_state.name)
 
 
+def _replay(error: BaseException | None) -> None:
+    """The outcome of a guarded call that already ran, for pybreaker to count."""
+    if error is not None:
+        raise error
+
+
 class CacheBreaker:
     """Guards calls to one cache tier: opens after ``fail_max`` consecutive failures, lets one
-    probe through after ``reset_seconds``, closes when that probe succeeds."""
+    probe through after ``reset_seconds``, closes when that probe succeeds. Calls run
+    concurrently; only the bookkeeping around them is serialized."""
 
     def __init__(self, *, name: str = "l2", fail_max: int = 5, reset_seconds: float = 30.0) -> None:
         self.name = name
         self.stats = BreakerStats()
         self._hooks: list[TransitionHook] = []
+        # Held only for admission and for replaying an outcome into pybreaker, never around a
+        # guarded call; every pybreaker call happens under it.
+        self._gate = threading.Lock()
+        self._probe: object | None = None  # the token of the half-open probe in flight
+        self._probe_since = 0.0
+        self._opened_at = time.monotonic()  # when the breaker last opened (set by _transition)
         self._breaker = pybreaker.CircuitBreaker(
             fail_max=fail_max, reset_timeout=reset_seconds, name=name, listeners=[_Listener(self)]
         )
@@ -95,27 +119,65 @@ class CacheBreaker:
         self._hooks.append(hook)
 
     def call(self, func: Callable[[], T]) -> T:
-        """Run ``func`` through the breaker. Refused while open: CacheUnavailable, nothing runs.
-        Exceptions of ``func`` count as failures and propagate unchanged (the caller translates
-        them); the call that trips the breaker raises CacheUnavailable from the original error."""
-        ran = False
-
-        def guarded() -> T:
-            nonlocal ran
-            ran = True
-            self.stats.count("calls")
-            return func()
-
+        """Run ``func`` through the breaker. Refused while open (and while a half-open probe is
+        in flight): CacheUnavailable, nothing runs. Exceptions of ``func`` count as failures and
+        propagate unchanged (the caller translates them); the call that trips the breaker
+        raises CacheUnavailable from the original error."""
+        probe = self._admit()
         try:
-            return self._breaker.call(guarded)
-        except pybreaker.CircuitBreakerError as exc:
-            if not ran:
+            self.stats.count("calls")
+            result = func()
+        except BaseException as exc:
+            self.stats.count("failures")
+            if self._settle(probe, exc):
+                raise CacheUnavailable(f"{self.name} failed; circuit breaker opened: {exc}") from exc
+            raise
+        self._settle(probe, None)
+        return result
+
+    def _admit(self) -> object | None:
+        """Let a call through (its probe token in half-open, else None) or raise CacheUnavailable."""
+        with self._gate:
+            state = self._breaker.current_state
+            if state == CLOSED:
+                return None
+            now = time.monotonic()
+            reset = self._breaker.reset_timeout
+            # A probe that never settled (its thread was interrupted) stops counting after the
+            # reset timeout, so the breaker cannot stay half-open for good.
+            probing = self._probe is not None and now - self._probe_since < reset
+            if probing or (state == OPEN and now - self._opened_at < reset):
                 self.stats.count("rejected")
-                raise CacheUnavailable(f"{self.name} circuit breaker open") from exc
-            cause = exc.__context__ or exc  # the error of the call that tripped it
-            raise CacheUnavailable(f"{self.name} failed; circuit breaker opened: {cause}") from cause
+                raise CacheUnavailable(f"{self.name} circuit breaker open")
+            if state == OPEN:
+                self._breaker.half_open()
+            self._probe, self._probe_since = object(), now
+            return self._probe
+
+    def _settle(self, probe: object | None, error: BaseException | None) -> bool:
+        """Replay a finished call's outcome into pybreaker; True if its failure opened the breaker."""
+        traceback = error.__traceback__ if error is not None else None
+        with self._gate:
+            is_probe = probe is not None and probe is self._probe
+            try:
+                if not is_probe and self._breaker.current_state != CLOSED:
+                    return False  # it outlived the closed state it was admitted in: not counted
+                self._breaker.call(_replay, error)
+            except pybreaker.CircuitBreakerError:
+                return True
+            except BaseException as exc:
+                if exc is not error:
+                    raise
+            finally:
+                if is_probe:
+                    self._probe = None
+                if error is not None:
+                    error.__traceback__ = traceback  # without the replay's frames
+            return False
 
     def _transition(self, old: str, new: str) -> None:
+        if new == OPEN:
+            self._opened_at = time.monotonic()
         self.stats.transition(old, new)
         level = logging.WARNING if new == OPEN else logging.INFO
         log.log(

@@ -1,4 +1,8 @@
-"""L1: a bounded, thread-safe LRU with TTL inside each worker process."""
+"""L1: a bounded, thread-safe LRU with TTL inside each worker process.
+
+cachetools caches are not thread-safe, and a TTLCache mutates on reads too (a get moves the key
+to the recent end, ``len()`` first drops expired entries), so every access takes one lock.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ class LocalTier(PatternTier):
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._cache)
+        with self._lock:  # TTLCache.__len__ expires entries first: it mutates the cache
+            return len(self._cache)
 
     def get_merchants(self, version: int, keys: Collection[MerchantKey]) -> dict[MerchantKey, Entry]:
         found = {}

@@ -1,10 +1,11 @@
 import datetime as dt
+import logging
 
 import pytest
 
 from pipeline.errors import InvalidPattern
 from pipeline.matcher import Thresholds, decide, merchant_hits
-from pipeline.rules import Hit, Ruleset, canonical_value
+from pipeline.rules import Hit, Ruleset, SkippedPattern, canonical_value
 from schemas import Expense, Pattern, PatternKind
 
 T = Thresholds(auto=0.85, suggest=0.70)
@@ -133,3 +134,82 @@ def test_an_unsure_user_history_lowers_a_global_answer() -> None:
     sure = {(7, "amazon"): (pat(1, 71, "merchant", "amazon", 0.2, user=7),), (0, "amazon"): (glob,)}
     d = decide(merchant_hits(7, ["amazon"], sure), T)
     assert (d.category_id, d.confidence, d.explanation["decided_by"]) == (70, 0.855, "global_merchant")
+
+
+# Rows written by plain SQL skip the save-time check: the rule set skips what it cannot compile.
+
+BAD_ROWS = [
+    pytest.param("regex", r"(\w+)\s+\1", "invalid escape sequence", id="regex-backreference"),
+    pytest.param("regex", "(?=pizza)pizza", "invalid perl operator", id="regex-lookahead"),
+    pytest.param("regex", "[unclosed", "missing ]", id="regex-syntax"),
+    pytest.param("amount_range", "lots", "amount_range must look like", id="amount-range"),
+    pytest.param("time", "after lunch", "time pattern must be", id="time"),
+]
+
+
+def raw(pid: int, cat: int, kind: str, value: str) -> Pattern:
+    """A pattern as loaded from a row that was written without canonical_value."""
+    return Pattern(id=pid, user_id=None, category_id=cat, kind=PatternKind(kind), value=value, weight=0.9)
+
+
+@pytest.mark.parametrize(("kind", "value", "reason"), BAD_ROWS)
+def test_a_value_that_does_not_compile_is_skipped_not_raised(
+    kind: str, value: str, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(InvalidPattern):  # what the save-time check would have said
+        canonical_value(kind, value)
+    good = [pat(1, 10, "keyword", "pizza", 0.8), pat(2, 12, "regex", r"^uber\s*\*?\s*eats", 0.97)]
+    with caplog.at_level(logging.ERROR, logger="pipeline.rules"):
+        rules = Ruleset(42, [*good, raw(99, 11, kind, value)])
+    assert [(s.pattern.id, reason in s.reason) for s in rules.skipped] == [(99, True)]
+    hits = rules.match(exp("UBER EATS PIZZA", "team lunch", amount=12.0, hour=13), "uber eats pizza")
+    assert sorted(h.pattern.id for h in hits) == [1, 2]  # the good rules still fire
+    [record] = [r for r in caplog.records if r.__dict__.get("event") == "patterns_skipped"]
+    assert record.__dict__["ruleset_version"] == 42 and record.__dict__["count"] == 1
+    assert record.__dict__["skipped"][0]["pattern_id"] == 99 and "99" in record.getMessage()
+
+
+def test_skips_are_logged_once_per_compile_and_reported_to_hooks(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline import rules as rules_module
+
+    monkeypatch.setattr(rules_module, "_skip_hooks", [])
+    seen: list[tuple[int, str, int]] = []
+    rules_module.on_skipped_pattern(
+        lambda s, version: seen.append((s.pattern.id, s.pattern.kind.value, version))
+    )
+
+    def broken(skip: SkippedPattern, version: int) -> None:
+        raise RuntimeError("metrics exporter down")
+
+    rules_module.on_skipped_pattern(broken)  # a broken hook changes nothing
+    bad = [raw(10 + i, 1, "regex", f"(a{i})\\1") for i in range(30)] + [raw(50, 1, "time", "never")]
+    with caplog.at_level(logging.ERROR, logger="pipeline.rules"):
+        rules = Ruleset(7, [pat(1, 2, "keyword", "fuel"), *bad])
+    assert len(rules.skipped) == 31
+    assert seen == [(p.id, p.kind.value, 7) for p in bad]
+    lines = [r for r in caplog.records if r.__dict__.get("event") == "patterns_skipped"]
+    assert len(lines) == 1 and lines[0].__dict__["count"] == 31
+    assert len(lines[0].__dict__["skipped"]) == 20  # bounded
+    assert [h.pattern.id for h in rules.match(exp("SHELL", "fuel"), "shell")] == [1]
+
+
+def test_a_clean_ruleset_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="pipeline.rules"):
+        rules = Ruleset(1, [pat(1, 2, "regex", "^shell"), pat(2, 3, "time", "hours=6-9")])
+    assert rules.skipped == () and caplog.records == []
+
+
+def test_regexes_too_many_for_one_re2_set_are_split_and_all_still_match() -> None:
+    """Each is valid alone; together they pass RE2's memory budget for one set. Nothing raises,
+    nothing is skipped, and every regex still fires (in stored order)."""
+    regexes = [
+        pat(i, 1, "regex", f"(merchant|vendor)[a-z ]{{1,20}}code{i:04d}[a-z]{{0,9}}(x|y)")
+        for i in range(2000)
+    ]
+    rules = Ruleset(3, regexes)
+    assert rules.skipped == ()
+    assert len(rules._regex_sets) > 1
+    subject = "vendor acme code0007x merchant acme code0799y"
+    assert [h.pattern.id for h in rules.match(exp(subject), "vendor acme")] == [7, 799]
