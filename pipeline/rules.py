@@ -140,8 +140,10 @@ _SKIPS_LOGGED = 20  # the log line names at most this many skipped patterns
 
 
 def on_skipped_pattern(hook: SkipHook) -> None:
-    """Call ``hook(skipped, version)`` for every pattern a rule-set compile skips."""
-    _skip_hooks.append(hook)
+    """Call ``hook(skipped, version)`` for every pattern a rule-set compile skips (a hook
+    registered twice is called once)."""
+    if hook not in _skip_hooks:
+        _skip_hooks.append(hook)
 
 
 class Ruleset:

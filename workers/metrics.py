@@ -16,6 +16,7 @@ Helpers elsewhere use:
 - ``record_batch(report, actor_name=..., latency_s=...)``: the batch actor, once per batch;
 - ``set_breaker_state(state)`` / ``count_breaker_transition(new_state)``, or
   ``BreakerMetricsListener()`` handed to ``pybreaker.CircuitBreaker(listeners=[...])``;
+- ``count_skipped_pattern``: registered with ``pipeline.rules.on_skipped_pattern`` by the runtime;
 - ``count_fallback_lookups(n)``: lookups sent to PostgreSQL because L2 was unavailable
   (``record_batch`` already counts the ``<tier>_error`` keys of a batch's cache stats);
 - ``workers.queues.record_dead_letter_action(...)`` (called by ``catfleet dlq``) for replays and purges (stored in the
@@ -29,6 +30,8 @@ from typing import Any
 
 import pybreaker
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from pipeline.rules import SkippedPattern
 
 #: The registry of the metrics below (read directly only in single-process use, e.g. tests;
 #: in a worker the values go to the multiprocess directory and the endpoint reads them there).
@@ -87,6 +90,13 @@ FALLBACK_LOOKUPS = Counter(
     "Lookups sent straight to PostgreSQL because the L2 cache was unavailable (breaker open or error).",
     registry=REGISTRY,
 )
+PATTERNS_SKIPPED = Counter(
+    "catfleet_patterns_skipped",
+    "Stored patterns a worker process could not compile into its rule set (e.g. a regex RE2 rejects,"
+    " inserted around the save-time check), by kind; counted once per ruleset version and process.",
+    ["kind"],
+    registry=REGISTRY,
+)
 BREAKER_STATE = Gauge(
     "catfleet_cache_breaker_state",
     "Worker processes whose L2 cache breaker is in this state (closed, half_open, open).",
@@ -140,6 +150,11 @@ def record_cache_stats(stats: Mapping[str, int]) -> None:
 
 def count_fallback_lookups(n: int = 1) -> None:
     FALLBACK_LOOKUPS.inc(n)
+
+
+def count_skipped_pattern(skipped: SkippedPattern, version: int) -> None:
+    """A ``pipeline.rules.on_skipped_pattern`` hook."""
+    PATTERNS_SKIPPED.labels(skipped.pattern.kind.value).inc()
 
 
 def set_breaker_state(state: str) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import Middleware
 
+from pipeline import rules
 from pipeline.cache import CacheBreaker, LocalTier, SharedTier
 from pipeline.categorize import Categorizer
 from pipeline.db import Database
@@ -48,6 +49,7 @@ class Runtime:
 
         metrics.set_breaker_state("closed")
         self.l2.breaker.on_transition(lambda old, new: metrics.count_breaker_transition(new))
+        rules.on_skipped_pattern(metrics.count_skipped_pattern)
 
     def close(self) -> None:
         self.l2.close()

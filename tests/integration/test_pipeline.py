@@ -9,6 +9,7 @@ import psycopg
 import psycopg_pool
 import pytest
 
+from pipeline import rules
 from pipeline.cache import LocalTier
 from pipeline.categorize import Categorizer
 from pipeline.db import Database
@@ -189,3 +190,29 @@ def test_remembered_decisions_follow_a_rule_change_at_once(
     categorizer.categorize([*first, *again])
     after = {r[0]: r[1] for r in data.rows(conn)}
     assert after == {first[0]: cats["dining"], first[1]: cats["dining"], again[0]: cats["dining"]}
+
+
+def test_a_stored_regex_re2_rejects_is_skipped_not_fatal(
+    db: Database, conn: psycopg.Connection[Any], cats: dict[str, int]
+) -> None:
+    """A row inserted by plain SQL, around the save-time check: every batch still commits, the
+    rest of the rules still fire, and the skip reaches the hooks (the worker counts it)."""
+    skipped: list[tuple[str, int]] = []
+
+    def hook(s: rules.SkippedPattern, version: int) -> None:
+        skipped.append((s.pattern.value, version))
+
+    rules.on_skipped_pattern(hook)
+    conn.execute(
+        "INSERT INTO categorization_patterns (category_id, kind, value) VALUES (%s, 'regex', %s)",
+        (cats["fuel"], r"(a)\1"),  # a backreference: RE2 refuses it
+    )
+    ids = data.add_expenses(conn, ["STARBUCKS", "PIZZA PALACE"])
+    try:
+        report = make_categorizer(db).categorize(ids)
+    finally:
+        rules._skip_hooks.remove(hook)
+    assert report.outcomes == {"categorized": 1, "suggested": 1}
+    got = {r[0]: r[1] for r in data.rows(conn)}
+    assert got[ids[0]] == cats["coffee"] and set(got) == set(ids)
+    assert [v for v, _ in skipped] == [r"(a)\1"]
