@@ -92,7 +92,6 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         "--threads", str(args.threads or settings.worker_threads),
         "--worker-shutdown-timeout", str(settings.worker_shutdown_timeout_ms),
         "--skip-logging",
-        "--worker-shutdown-timeout", str(settings.worker_shutdown_timeout_ms),
     ]  # fmt: skip
     if args.queues:
         argv += ["--queues", *args.queues]

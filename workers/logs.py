@@ -14,8 +14,23 @@ _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 _encoder = msgspec.json.Encoder()
 
 
+def redact_value(value: object) -> object:
+    """``value`` with ``redact`` applied to every string in it (dict keys and values, list and
+    tuple items); numbers, booleans and None as they are; anything else as its redacted ``str``."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {redact(str(k)): redact_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_value(v) for v in value]
+    return redact(str(value))
+
+
 class JsonFormatter(logging.Formatter):
-    """The record's message plus every ``extra=`` field, as one JSON line."""
+    """The record's message plus every ``extra=`` field, as one JSON line; every string in it
+    (message, extra fields, traceback) goes through ``redact``."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, object] = {
@@ -27,7 +42,7 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _RESERVED and not key.startswith("_"):
-                doc[key] = value
+                doc[key] = redact_value(value)
         if record.exc_info:
             doc["exc"] = redact(self.formatException(record.exc_info))
         return _encoder.encode(doc).decode()

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import msgspec
 import psycopg
@@ -17,8 +18,9 @@ from pipeline.cache import SharedTier
 from pipeline.cache.breaker import CLOSED, OPEN
 from pipeline.db import Database
 from pipeline.settings import Settings
-from tests.support import cache
+from tests.support import cache, data
 from tests.support.cluster import LocalRedis, LocalRedisCluster, LocalRedisServers
+from tests.support.scrape import Scrape, answers, get_json, scrape
 from tests.support.services import WorkerProcess, wait_for
 from workers.app import build_app
 from workers.producer import Producer
@@ -151,6 +153,20 @@ class TestSingleRedisOutage(OutageContract):
         return redis_single
 
 
+def breaker_gauge(s: Scrape) -> dict[str, float | None]:
+    return {
+        state: s.value("catfleet_cache_breaker_state", state=state)
+        for state in ("closed", "half_open", "open")
+    }
+
+
+def transitions(s: Scrape) -> dict[str, float]:
+    return {
+        state: s.value("catfleet_cache_breaker_transitions_total", state=state) or 0
+        for state in ("closed", "half_open", "open")
+    }
+
+
 def test_a_real_worker_uses_the_cluster_and_rides_out_its_outage(
     settings: Settings,
     redis_cluster: LocalRedisCluster,
@@ -159,22 +175,64 @@ def test_a_real_worker_uses_the_cluster_and_rides_out_its_outage(
     ids: list[int],
     tmp_path: Path,
 ) -> None:
+    """The breaker as an operator sees it: /metrics and /readyz of the worker's host follow it
+    open (degraded, still ready) while the cluster is down, and closed again after its restart."""
     worker_settings = msgspec.structs.replace(
         settings, cache_url=redis_cluster.url, breaker_fail_max=2, breaker_reset_seconds=1.0
     )
+    port = worker_settings.metrics_port
     worker = WorkerProcess(worker_settings, tmp_path / "worker.log")
     app = build_app(worker_settings)
     try:
         worker.wait_ready()
+        wait_for(lambda: answers(port), what="metrics server")
         producer = Producer(app.broker, batch_size=50)
         producer.enqueue(ids[:150])
         wait_for(lambda: len(cache.snapshot(conn)) == 150, what="first half categorized")
         assert redis_cluster.dbsize() > 0  # the worker back-filled L2 on the cluster
+        assert breaker_gauge(scrape(port)) == {"closed": 1, "half_open": 0, "open": 0}
+        code, body = get_json(port, "/readyz")
+        assert (code, body["status"], body["cache_breaker"]) == (
+            200,
+            "ready",
+            {"closed": 1, "half_open": 0, "open": 0},
+        )
         redis_cluster.stop_all()
         producer.enqueue(ids[150:])
         wait_for(lambda: len(cache.snapshot(conn)) == len(ids), what="second half categorized")
         wait_for(lambda: "breaker_transition" in worker.log(), what="breaker log line")
+        down = wait_for(
+            lambda: (s := scrape(port)).value("catfleet_cache_breaker_state", state="open") == 1 and s,
+            what="breaker open on /metrics",
+        )
+        assert breaker_gauge(down) == {"closed": 0, "half_open": 0, "open": 1}
+        moved = transitions(down)
+        assert moved["open"] >= 1 and moved["closed"] == 0
+        assert (down.value("catfleet_cache_fallback_lookups_total") or 0) > 0
+        # Degraded, not unready: the worker goes on (PostgreSQL answers every lookup).
+        code, body = get_json(port, "/readyz")
+        assert (code, body["status"], body["cache_breaker"]["open"]) == (200, "degraded", 1)
+        assert body["broker"] == {"ok": True} and body["database"] == {"ok": True}
+        redis_cluster.start_all()
+
+        def closed_again() -> Scrape | None:
+            # a merchant no tier has seen: L1 misses, so L2 is asked (the breaker's probe)
+            producer.enqueue(data.add_expenses(conn, [f"RECOVERED {uuid4().hex[:12].upper()} LLC"]))
+            s = scrape(port)
+            return s if s.value("catfleet_cache_breaker_state", state="closed") == 1 else None
+
+        up = wait_for(closed_again, timeout=30, interval=0.5, what="breaker closed after the restart")
+        assert breaker_gauge(up) == {"closed": 1, "half_open": 0, "open": 0}
+        moved = transitions(up)
+        assert moved["closed"] == 1 and moved["half_open"] >= 1 and moved["open"] >= 1
+        code, body = get_json(port, "/readyz")
+        assert (code, body["status"], body["cache_breaker"]) == (
+            200,
+            "ready",
+            {"closed": 1, "half_open": 0, "open": 0},
+        )
     finally:
         app.broker.close()
         worker.stop()
-    assert '"new_state":"open"' in worker.log().replace(" ", "")
+    log = worker.log().replace(" ", "")
+    assert '"new_state":"open"' in log and '"new_state":"closed"' in log

@@ -20,8 +20,9 @@ from tests.support import data
 from tests.support.data import count_rows
 from tests.support.scrape import Scrape, answers, get_json, scrape
 from tests.support.servers import own_postgres
-from tests.support.services import WorkerProcess, wait_for
+from tests.support.services import WorkerProcess, log_events, wait_for
 from workers.app import App
+from workers.middleware.prometheus import multiproc_dir
 from workers.procs import ROOT, settings_env
 from workers.producer import Producer
 from workers.queues import record_dead_letter_action
@@ -34,45 +35,98 @@ def depth(s: Scrape) -> float | None:
     return s.value("catfleet_queue_messages", queue=CATEGORIZE_QUEUE)
 
 
+def per_process_values(settings: Settings, name: str, **labels: str) -> list[float]:
+    """``name`` as each worker process wrote it in its own file of the host's multiprocess
+    directory (what the endpoint sums), processes that have no such sample left out."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    values = []
+    for path in sorted(Path(multiproc_dir(settings)).glob("*.db")):
+        for family in MultiProcessCollector.merge([str(path)], accumulate=True):
+            values += [s.value for s in family.samples if s.name == name and s.labels == labels]
+    return [v for v in values if v]
+
+
 def test_metrics_count_exactly_what_the_worker_did(
-    worker: WorkerProcess, app: App, conn: psycopg.Connection[Any], cats: dict[str, int], settings: Settings
+    app: App, conn: psycopg.Connection[Any], cats: dict[str, int], settings: Settings, tmp_path: Path
 ) -> None:
+    """Two worker processes, one endpoint: it sums what both did. Halfway, PostgreSQL holds
+    every batch before its write, so the scrape taken then sees exactly the finished ones."""
     port = settings.metrics_port
-    wait_for(lambda: answers(port), what="metrics server")
-    ids = data.add_expenses(conn, ["PAYPAL *STARBUCKS 402935", "WALMART", "JOE'S PIZZA", "ZQX UNKNOWN"] * 50)
-    report = Producer(app.broker, batch_size=10).enqueue([*ids, 10**15, 10**15 + 1])
-    during = scrape(port)  # while the backlog runs
-    wait_for(lambda: count_rows(conn) == len(ids), what="every row written")
-    done = wait_for(
-        lambda: (s := scrape(port)).value("dramatiq_messages_total", **ACTOR) == report.messages and s,
-        what="every message counted",
-    )
-    # Dramatiq's per-actor metrics: the histogram counted every processed message, no errors.
-    assert done.value("dramatiq_message_duration_milliseconds_count", **ACTOR) == report.messages
-    assert done.total("dramatiq_message_errors_total") == 0
-    assert (during.value("dramatiq_messages_total", **ACTOR) or 0) <= report.messages
-    # Domain metrics: outcomes equal the rows written; unknown ids are missing.
-    written = sum(done.total("catfleet_expenses_total", outcome=o) for o in WRITTEN_OUTCOMES)
-    assert written == count_rows(conn) == len(ids)
-    assert done.value("catfleet_categorizations_written_total") == len(ids)
-    assert done.value("catfleet_expenses_total", outcome="missing") == 2
-    assert done.value("catfleet_batch_size_count", actor_name=CATEGORIZE_ACTOR) == report.messages
-    assert done.value("catfleet_batch_size_sum", actor_name=CATEGORIZE_ACTOR) == report.ids
-    assert done.value("catfleet_end_to_end_seconds_count") == report.messages
-    assert done.total("catfleet_cache_lookups_total", tier="l1") > 0
-    assert done.value("catfleet_broker_up") == 1
-    assert depth(done) == 0
-    assert done.value("catfleet_worker_processes") == 1
-    assert (done.value("catfleet_broker_workers") or 0) >= 1  # heartbeats (this producer's too)
-    # The same messages again change nothing: counted as unchanged write conflicts.
-    Producer(app.broker, batch_size=50).enqueue(ids)
-    again = wait_for(
-        lambda: (
-            (s := scrape(port)).value("catfleet_write_conflicts_total", reason="unchanged") == len(ids) and s
-        ),
-        what="unchanged rows counted",
-    )
-    assert again.value("catfleet_categorizations_written_total") == len(ids)
+    worker = WorkerProcess(settings, tmp_path / "worker.log", processes=2, threads=2)
+    try:
+        worker.wait_ready()
+        wait_for(
+            lambda: answers(port) and scrape(port).value("catfleet_worker_processes") == 2, what="2 processes"
+        )
+        merchants = ["PAYPAL *STARBUCKS 402935", "WALMART", "JOE'S PIZZA", "ZQX UNKNOWN"]
+        ids = data.add_expenses(conn, merchants * 50)
+        first, second = ids[:80], ids[80:]
+        producer = Producer(app.broker, batch_size=10)
+        report1 = producer.enqueue([*first, 10**15, 10**15 + 1])
+        wait_for(lambda: count_rows(conn) == len(first), what="the first wave written")
+        wait_for(
+            lambda: (
+                scrape(port).value("dramatiq_message_duration_milliseconds_count", **ACTOR)
+                == report1.messages
+            ),
+            what="the first wave counted",
+        )
+        with psycopg.connect(settings.database_url) as locker:  # commits (unlocks) on leaving
+            locker.execute("LOCK TABLE categorizations IN EXCLUSIVE MODE")  # every write now waits
+            report2 = producer.enqueue(second)
+            # 4 in progress: both processes' 2 threads each hold a batch that waits for the lock
+            during = wait_for(
+                lambda: (s := scrape(port)).value("dramatiq_messages_inprogress", **ACTOR) == 4 and s,
+                what="both processes busy",
+            )
+            logged = len(log_events(worker, "batch"))
+            assert count_rows(conn) == len(first)
+        assert (
+            during.value("dramatiq_message_duration_milliseconds_count", **ACTOR)
+            == logged
+            == report1.messages
+        )
+        assert during.value("dramatiq_messages_total", **ACTOR) == report1.messages  # none of the held ones
+        messages = report1.messages + report2.messages
+        wait_for(lambda: count_rows(conn) == len(ids), what="every row written")
+        done = wait_for(
+            lambda: (s := scrape(port)).value("dramatiq_messages_total", **ACTOR) == messages and s,
+            what="every message counted",
+        )
+        # Dramatiq's per-actor metrics: the histogram counted every processed message, no errors,
+        # and the count is the sum of both processes' own counts (each did some of the work).
+        assert done.value("dramatiq_message_duration_milliseconds_count", **ACTOR) == messages
+        own = per_process_values(settings, "dramatiq_message_duration_milliseconds_count", **ACTOR)
+        assert len(own) == 2 and sum(own) == messages, own
+        assert done.total("dramatiq_message_errors_total") == 0
+        assert done.value("dramatiq_messages_inprogress", **ACTOR) == 0
+        # Domain metrics: outcomes equal the rows written; unknown ids are missing.
+        written = sum(done.total("catfleet_expenses_total", outcome=o) for o in WRITTEN_OUTCOMES)
+        assert written == count_rows(conn) == len(ids)
+        assert done.value("catfleet_categorizations_written_total") == len(ids)
+        assert len(per_process_values(settings, "catfleet_categorizations_written_total")) == 2
+        assert done.value("catfleet_expenses_total", outcome="missing") == 2
+        assert done.value("catfleet_batch_size_count", actor_name=CATEGORIZE_ACTOR) == messages
+        assert done.value("catfleet_batch_size_sum", actor_name=CATEGORIZE_ACTOR) == report1.ids + report2.ids
+        assert done.value("catfleet_end_to_end_seconds_count") == messages
+        assert done.total("catfleet_cache_lookups_total", tier="l1") > 0
+        assert done.value("catfleet_broker_up") == 1
+        assert depth(done) == 0
+        assert done.value("catfleet_worker_processes") == 2
+        assert (done.value("catfleet_broker_workers") or 0) >= 2  # both processes heartbeat
+        # The same messages again change nothing: counted as unchanged write conflicts.
+        Producer(app.broker, batch_size=50).enqueue(ids)
+        again = wait_for(
+            lambda: (
+                (s := scrape(port)).value("catfleet_write_conflicts_total", reason="unchanged") == len(ids)
+                and s
+            ),
+            what="unchanged rows counted",
+        )
+        assert again.value("catfleet_categorizations_written_total") == len(ids)
+    finally:
+        worker.stop()
 
 
 def test_queue_depth_follows_a_real_backlog_and_status_reports_it(
@@ -151,7 +205,7 @@ def test_queue_depth_follows_a_real_backlog_and_status_reports_it(
         assert s.value("catfleet_worker_processes") == 1
     finally:
         worker.stop()
-    failures = [json.loads(line) for line in worker.log().splitlines() if '"event":"failure"' in line]
+    failures = log_events(worker, "failure")
     assert [(f["message_id"], f["dead"], f["error_type"]) for f in failures] == [
         (bad.message_id, True, "InvalidMessage")
     ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-import urllib.request
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +18,7 @@ from pipeline.errors import BrokerUnavailable
 from pipeline.settings import Settings
 from tests.support import data
 from tests.support.broker import queued_messages
+from tests.support.scrape import Scrape, scrape
 from tests.support.services import RelayProcess, WorkerProcess, wait_for
 from workers.app import App
 from workers.procs import free_port
@@ -154,11 +155,25 @@ def test_relay_killed_after_enqueue_before_mark_sends_again(
     )
 
 
+def relay_metrics(port: int) -> Scrape | None:
+    """A relay's /metrics, None while it does not answer yet."""
+    try:
+        return scrape(port)
+    except OSError:
+        return None
+
+
 def test_two_relays_never_send_the_same_request_twice(
     conn: psycopg.Connection[Any], requests_table: None, settings: Settings, tmp_path: Path
 ) -> None:
-    fast = msgspec.structs.replace(settings, relay_claim_size=50, batch_size=20)
-    relays = [RelayProcess(fast, tmp_path / f"relay{i}.log") for i in range(2)]
+    ports = [free_port(), free_port()]
+    relays = [
+        RelayProcess(
+            msgspec.structs.replace(settings, relay_claim_size=50, batch_size=20, relay_metrics_port=port),
+            tmp_path / f"relay{i}.log",
+        )
+        for i, port in enumerate(ports)
+    ]
     try:
         for r in relays:
             r.wait_listening(settings.database_url)
@@ -172,6 +187,13 @@ def test_two_relays_never_send_the_same_request_twice(
         assert len(counts) == n and set(counts.values()) == {1}
         senders = scalar(conn, "SELECT count(DISTINCT message_id) FROM categorization_requests")
         assert senders == len(queued_messages(settings))
+        # Both did part of the work, and together exactly all of it: nothing sent twice.
+        metrics = [wait_for(lambda p=p: relay_metrics(p), what="relay metrics") for p in ports]
+        sent = [m.value("catfleet_relay_requests_sent_total") or 0 for m in metrics]
+        messages = [m.value("catfleet_relay_messages_sent_total") or 0 for m in metrics]
+        print(f"\ntwo relays: requests sent {sent}, messages {messages}")
+        assert all(x > 0 for x in sent) and sum(sent) == n
+        assert all(x > 0 for x in messages) and sum(messages) == len(queued_messages(settings))
     finally:
         for r in relays:
             r.stop()
@@ -192,21 +214,19 @@ def test_relay_is_woken_by_notify_not_the_poll(
             lambda: outbox.backlog(conn).pending == 0, timeout=30, what="sent long before the 600 s poll"
         )
         assert sent_ids(settings) == Counter({42: 1})
-        metrics = wait_for(lambda: "catfleet_relay_lag_seconds" in (m := scrape(port)) and m, what="metrics")
-        assert "catfleet_relay_requests_sent_total 1.0" in metrics
-        assert "catfleet_relay_messages_sent_total 1.0" in metrics
-        assert "catfleet_relay_pending_requests 0.0" in metrics
-        assert "catfleet_relay_delay_seconds_count 1.0" in metrics
+        metrics = wait_for(
+            lambda: (m := relay_metrics(port)) and m.value("catfleet_relay_lag_seconds") is not None and m,
+            what="metrics",
+        )
+        assert metrics.value("catfleet_relay_requests_sent_total") == 1
+        assert metrics.value("catfleet_relay_messages_sent_total") == 1
+        assert metrics.value("catfleet_relay_pending_requests") == 0
+        assert metrics.value("catfleet_relay_delay_seconds_count") == 1
     finally:
         relay.stop()
 
 
-def scrape(port: int) -> str:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            return str(response.read().decode())
-    except OSError:
-        return ""
+BURST = 50_000
 
 
 def test_burst_of_inserted_expenses_is_drained_and_categorized(
@@ -216,21 +236,45 @@ def test_burst_of_inserted_expenses_is_drained_and_categorized(
     settings: Settings,
     tmp_path: Path,
 ) -> None:
+    """One bulk INSERT with the triggers installed: the relay drains it, the worker categorizes
+    it, one row per expense. Prints the end-to-end rate and the relay's lag (database clock)."""
     conn.execute("SELECT catfleet_install_outbox_triggers()")
-    relay = RelayProcess(settings, tmp_path / "relay.log")
+    port = free_port()
+    relay = RelayProcess(msgspec.structs.replace(settings, relay_metrics_port=port), tmp_path / "relay.log")
     try:
         relay.wait_listening(settings.database_url)
         merchants = ["PAYPAL *STARBUCKS 402935", "TST* WALMART STORE #4567", "UBER *TRIP", "JOE'S PIZZA"]
+        started = time.monotonic()
         conn.execute(
             "INSERT INTO expenses (user_id, merchant_name, amount, transaction_date)"
-            " SELECT g %% 50, (%s::text[])[1 + g %% 4], 10 + g %% 90, '2026-03-14' FROM generate_series(1, 5000) g",
-            (merchants,),
+            " SELECT 1 + g %% 50, (%s::text[])[1 + g %% 4], 10 + g %% 90, '2026-03-14'"
+            " FROM generate_series(1, %s) g",
+            (merchants, BURST),
         )
-        wait_for(
-            lambda: scalar(conn, "SELECT count(*) FROM categorizations") == 5000, timeout=120, what="5000"
-        )
-        assert outbox.backlog(conn).pending == 0
+        committed = time.monotonic()
+        wait_for(lambda: outbox.backlog(conn).pending == 0, timeout=120, interval=0.2, what="relay drained")
+        drained = time.monotonic()
+        wait_for(lambda: data.count_rows(conn) == BURST, timeout=180, interval=0.2, what=f"{BURST} rows")
+        done = time.monotonic()
+        assert data.categorized(conn) == (BURST, BURST)  # one row per expense
         assert scalar(conn, "SELECT count(*) FROM categorizations WHERE category_id IS NULL") == 0
+        assert scalar(conn, "SELECT count(*) FROM categorization_requests") == BURST
+        # database clock: from the last request's commit to the last send and the last row
+        drain_s, e2e_s, mean_wait_s = conn.execute(
+            "SELECT extract(epoch FROM max(sent_at) - max(created_at)),"
+            " extract(epoch FROM (SELECT max(categorized_at) FROM categorizations) - max(created_at)),"
+            " extract(epoch FROM avg(sent_at - created_at)) FROM categorization_requests"
+        ).fetchone()  # type: ignore[misc]
+        metrics = wait_for(lambda: relay_metrics(port), what="relay metrics")
+        assert metrics.value("catfleet_relay_requests_sent_total") == BURST
+        assert metrics.value("catfleet_relay_delay_seconds_count") == BURST
+        claim_mean = (metrics.value("catfleet_relay_delay_seconds_sum") or 0) / BURST
+        print(
+            f"\nburst {BURST:,}: insert {committed - started:.2f} s; relay drained in {drained - committed:.2f} s"
+            f" (db: last send {float(drain_s):.2f} s after commit, mean request wait {float(mean_wait_s):.3f} s,"
+            f" mean claim delay {claim_mean:.3f} s); all categorized {done - committed:.2f} s after commit"
+            f" (db: {float(e2e_s):.2f} s) = {BURST / float(e2e_s):,.0f} expenses/s end to end"
+        )
     finally:
         relay.stop()
 

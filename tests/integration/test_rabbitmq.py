@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +18,10 @@ from pipeline.settings import Settings
 from schemas import CATEGORIZE_QUEUE
 from tests.support import data
 from tests.support.rabbit import rabbit_vhost
+from tests.support.readme import readme_block
 from tests.support.services import WorkerProcess, wait_for
 from workers.app import build_app
+from workers.procs import ROOT
 from workers.producer import Producer
 
 
@@ -55,3 +60,33 @@ def test_rabbitmq_fleet_categorizes_and_dead_letters(
     finally:
         worker.stop()
         app.broker.close()
+
+
+def test_readme_pika_steps_enqueue_a_batch(
+    rabbit_settings: Settings, tmp_path: Path, conn: psycopg.Connection[Any], cats: dict[str, int]
+) -> None:
+    """The README's AMQP steps, run verbatim with plain pika against a RabbitMQ-broker fleet."""
+    ids = data.add_expenses(conn, ["PAYPAL *STARBUCKS 402935", "TST* WALMART STORE #4567", "UBER *TRIP"])
+    worker = WorkerProcess(rabbit_settings, tmp_path / "worker.log")
+    try:
+        worker.wait_ready()  # the workers declare the queue the block declares passively
+        dead_before = dead_lettered(rabbit_settings.broker_url)
+        env = dict(os.environ, AMQP_URL=rabbit_settings.broker_url, IDS=",".join(map(str, ids)))
+        out = subprocess.run(
+            [sys.executable, "-c", readme_block("# enqueue categorize_batch with pika\n", lang="python")],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        message_id = out.stdout.strip()
+        query = "SELECT expense_id, category_id, message_id, correlation_id FROM categorizations ORDER BY 1"
+        rows = wait_for(
+            lambda: (r := conn.execute(query).fetchall()) and len(r) == 3 and r, what="rows via AMQP"
+        )
+        assert rows == [
+            (ids[0], cats["coffee"], message_id, "from-amqp"),
+            (ids[1], cats["groceries"], message_id, "from-amqp"),
+            (ids[2], cats["rideshare"], message_id, "from-amqp"),
+        ]
+        assert dead_lettered(rabbit_settings.broker_url) == dead_before
+    finally:
+        worker.stop()

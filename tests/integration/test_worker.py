@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import dramatiq
+import msgspec
 import psycopg
 import pytest
+import redis
 
 from pipeline.settings import Settings
 from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE, MAX_BATCH_IDS
 from tests.support import data
-from tests.support.broker import dead_messages
+from tests.support.broker import EMPTY, dead_messages, queue_state, queued_messages
 from tests.support.data import count_rows
-from tests.support.services import WorkerProcess, wait_for
-from workers.app import App
+from tests.support.servers import own_redis
+from tests.support.services import WorkerProcess, log_events, wait_for
+from workers.app import App, build_app
 from workers.failures import RedisFailureLog
 from workers.procs import ROOT, settings_env
-from workers.producer import Producer
+from workers.producer import PIPELINE_MESSAGES, Producer
 
 
 def raw_message(payload_args: list[Any], kwargs: dict[str, Any] | None = None) -> dramatiq.Message[Any]:
@@ -45,7 +50,25 @@ def test_enqueue_to_rows_through_a_real_worker(
         " GROUP BY category_id ORDER BY category_id"
     ).fetchall()
     assert got == [(cats["coffee"], 30, 2, "e2e-1"), (cats["groceries"], 30, 2, "e2e-1")]
-    assert '"missing":1' in worker.log().replace(" ", "")
+    stored = conn.execute("SELECT DISTINCT correlation_id, message_id FROM categorizations").fetchall()
+    assert {c for c, _ in stored} == {"e2e-1"} and {m for _, m in stored} <= set(report.message_ids)
+    # One JSON line per batch: the producer's correlation id, the message, its size and outcomes.
+    lines = wait_for(lambda: len(b := log_events(worker, "batch")) == 3 and b, what="3 batch log lines")
+    assert sorted(line["message_id"] for line in lines) == sorted(report.message_ids)
+    for line in lines:
+        assert (line["logger"], line["level"], line["actor"], line["correlation_id"]) == (
+            "catfleet.batch",
+            "INFO",
+            CATEGORIZE_ACTOR,
+            "e2e-1",
+        )
+        assert sum(line["outcomes"].values()) == line["size"] and line["duration_ms"] > 0
+        assert line["cache"]["l1_hit"] + line["cache"]["l1_miss"] > 0  # lookups per tier and result
+        assert all(re.fullmatch(r"l[123]_(hit|miss|error)", k) and n >= 0 for k, n in line["cache"].items())
+    assert {k[:2] for line in lines for k in line["cache"]} >= {"l1", "l2"}  # L1's misses went on to L2
+    assert sorted(line["size"] for line in lines) == [11, 25, 25]
+    assert sum(line["outcomes"].get("missing", 0) for line in lines) == 1
+    assert sum(line["outcomes"].get("categorized", 0) for line in lines) == 60
 
 
 def test_same_message_delivered_twice_gives_identical_rows(
@@ -115,29 +138,36 @@ def test_malformed_message_is_dead_lettered_at_once_and_worker_goes_on(
     assert reason in record.error
 
 
+def enqueue_cli(settings: Settings, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``catfleet enqueue ARGS...`` as a child process with these settings."""
+    return subprocess.run(
+        [sys.executable, "-m", "workers", "enqueue", *args],
+        input=stdin,
+        env=settings_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+
+
+def category_and_correlation(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, tuple[Any, ...]]:
+    rows = conn.execute(
+        "SELECT expense_id, category_id, correlation_id FROM categorizations WHERE expense_id = ANY(%s)",
+        (ids,),
+    ).fetchall()
+    return {r[0]: r[1:] for r in rows}
+
+
 def test_cli_enqueue_drives_a_worker(
     worker: WorkerProcess, conn: psycopg.Connection[Any], cats: dict[str, int], settings: Settings
 ) -> None:
     ids = data.add_expenses(conn, ["SQ *STARBUCKS", "TST* WALMART STORE #4567", "SHELL FUEL"])
-    out = subprocess.run(
-        [sys.executable, "-m", "workers", "enqueue", "--batch-size", "2", *map(str, ids)],
-        env=settings_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    out = enqueue_cli(settings, "--batch-size", "2", *map(str, ids))
+    assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "enqueued 3 expense id(s) in 2 message(s)"
     wait_for(lambda: count_rows(conn) == 3, what="rows from CLI enqueue")
     more = data.add_expenses(conn, ["UBER *TRIP HELP.UBER.COM"])
-    out = subprocess.run(
-        [sys.executable, "-m", "workers", "enqueue", "--all-uncategorized", "--json"],
-        env=settings_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    out = enqueue_cli(settings, "--all-uncategorized", "--json")
     assert json.loads(out.stdout) == {"messages": 1, "ids": 1}
     wait_for(lambda: count_rows(conn) == 4, what="row for the uncategorized one")
     assert conn.execute("SELECT category_id FROM categorizations WHERE expense_id = %s", more).fetchone() == (
@@ -145,14 +175,89 @@ def test_cli_enqueue_drives_a_worker(
     )
 
 
-def test_cli_enqueue_rejects_bad_ids(settings: Settings) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "workers", "enqueue", "--file", "-"],
-        input="12 13\nfourteen\n",
-        env=settings_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+def test_cli_enqueue_one_users_uncategorized_then_a_file(
+    worker: WorkerProcess,
+    conn: psycopg.Connection[Any],
+    cats: dict[str, int],
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    [done] = data.add_expenses(conn, ["JOE'S PIZZA"], user_id=7)
+    assert enqueue_cli(settings, str(done), "--correlation-id", "first").returncode == 0
+    wait_for(lambda: count_rows(conn) == 1, what="user 7's first expense categorized")
+    mine = data.add_expenses(conn, ["SQ *STARBUCKS", "SHELL FUEL"], user_id=7)
+    others = data.add_expenses(conn, ["WALMART", "UBER *TRIP"], user_id=8)
+    conn.execute("UPDATE expenses SET deleted_at = now() WHERE id = %s", (others[1],))
+    out = enqueue_cli(settings, "--all-uncategorized", "--user", "7", "--correlation-id", "user-7", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"messages": 1, "ids": 2}  # user 7's uncategorized ones only
+    wait_for(lambda: count_rows(conn) == 3, what="user 7's rows")
+    wait_for(lambda: queue_state(settings) == EMPTY, what="the message acked")
+    assert category_and_correlation(conn, [done, *mine, *others]) == {
+        done: (cats["dining"], "first"),  # categorized already: not sent again
+        mine[0]: (cats["coffee"], "user-7"),
+        mine[1]: (cats["fuel"], "user-7"),
+    }
+    # --file: IDs over lines, comma or whitespace separated, repeats sent once.
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text(f"{others[0]}, {mine[0]}\n\n{others[0]}\t{done}\n", encoding="utf-8")
+    out = enqueue_cli(settings, "--file", str(ids_file), "--batch-size", "2", "--correlation-id", "from-file")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "enqueued 3 expense id(s) in 2 message(s)"
+    wait_for(
+        lambda: category_and_correlation(conn, [others[0]]) == {others[0]: (cats["groceries"], "from-file")},
+        what="the file's new expense categorized",
     )
+    wait_for(lambda: queue_state(settings) == EMPTY, what="both messages acked")
+    assert count_rows(conn) == 4  # the two categorized already were rewritten in place, not added
+
+
+def test_cli_enqueue_rejects_bad_ids(settings: Settings) -> None:
+    out = enqueue_cli(settings, "--file", "-", stdin="12 13\nfourteen\n")
     assert out.returncode != 0
     assert "line 2: not an integer expense id: 'fourteen'" in out.stderr
+    out = enqueue_cli(settings, "--user", "7")  # one user's expenses: only with --all-uncategorized
+    assert out.returncode != 0 and "--user only filters --all-uncategorized" in out.stderr
+
+
+def test_producer_pipelines_a_many_chunk_enqueue(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round trips to Redis, counted where redis-py writes to the socket: each write of one
+    command or of a whole pipeline is followed by reading its replies. On a fresh Redis (the
+    dispatch script not loaded yet), so the reload path runs too."""
+    round_trips = 0
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self: redis.connection.AbstractConnection, command: Any, check_health: bool = True) -> None:
+        nonlocal round_trips
+        round_trips += 1
+        send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    with own_redis(tmp_path / "redis") as server:
+        own = msgspec.structs.replace(settings, broker_url=server.url)
+        app = build_app(own)
+        try:
+            producer = Producer(app.broker, batch_size=2)
+            producer.enqueue([1])  # connects, finds the script missing, loads it, sends once
+            assert queue_state(own)["messages"] == 1
+            round_trips = 0
+            report = producer.enqueue(range(2, 2002))
+            many = round_trips
+            round_trips = 0
+            for message in Producer.batch_message([1]), Producer.batch_message([2]):
+                app.broker.enqueue(message)  # Dramatiq's own enqueue: one message per round trip
+            single = round_trips
+        finally:
+            app.broker.close()
+        assert (report.messages, report.ids) == (1000, 2000)
+        pipelines = -(-report.messages // PIPELINE_MESSAGES)
+        print(
+            f"\nproducer: {report.messages} messages in {many} Redis round trips; broker.enqueue: {single / 2}"
+        )
+        assert many == pipelines == 5 and single == 2
+        state = queue_state(own)
+        assert (state["queued"], state["messages"]) == (1003, 1003)  # each sent once
+        sent = sorted(i for m in queued_messages(own) for i in m["args"][0]["expense_ids"])
+        assert sent == [1, 1, 2, *range(2, 2002)]

@@ -1,11 +1,13 @@
 // Enqueue one catfleet message with nothing but the stock `redis` client (README "Wire format").
-// usage: node enqueue.js REDIS_URL NAMESPACE PAYLOAD_JSON [QUEUE ACTOR]
-// Prints the message id.
+// usage: node enqueue.js REDIS_URL NAMESPACE PAYLOAD_JSON [QUEUE ACTOR [ENVELOPE_PATCH_JSON]]
+// ENVELOPE_PATCH_JSON (tests: a wrong envelope) is merged into the envelope; a null value
+// removes that field. Prints {"message_id": ..., "redis_message_id": ...} as JSON.
 const { randomUUID } = require("node:crypto");
 const { createClient } = require("redis");
 
 async function main() {
-  const [url, ns, payloadJson, queue = "categorize", actor = "categorize_batch"] = process.argv.slice(2);
+  const [url, ns, payloadJson, queue = "categorize", actor = "categorize_batch", patchJson = "{}"] =
+    process.argv.slice(2);
   const rid = randomUUID(); // Redis message id: the hash field and the list entry
   const message = {
     queue_name: queue,
@@ -16,6 +18,10 @@ async function main() {
     message_id: randomUUID(),
     message_timestamp: Date.now(),
   };
+  for (const [field, value] of Object.entries(JSON.parse(patchJson))) {
+    if (value === null) delete message[field];
+    else message[field] = value;
+  }
   const client = createClient({ url });
   await client.connect();
   try {
@@ -27,7 +33,7 @@ async function main() {
   } finally {
     await client.quit();
   }
-  console.log(message.message_id);
+  console.log(JSON.stringify({ message_id: message.message_id ?? null, redis_message_id: rid }));
 }
 
 main().catch((err) => {

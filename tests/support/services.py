@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -156,3 +157,9 @@ class RelayProcess(ChildProcess):
             return bool(row and row[0])
 
         wait_for(listening, timeout=timeout, interval=0.1, what="relay LISTEN")
+
+
+def log_events(child: ChildProcess, event: str) -> list[dict[str, Any]]:
+    """The child's JSON log lines whose ``event`` is ``event`` (``batch``, ``failure``, ...), in order."""
+    lines = (line for line in child.log().splitlines() if line.startswith("{") and f'"{event}"' in line)
+    return [doc for doc in map(json.loads, lines) if doc.get("event") == event]
