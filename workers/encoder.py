@@ -20,6 +20,12 @@ class MsgspecEncoder(Encoder):
 
     def decode(self, data: bytes) -> MessageData:
         try:
-            return self._decoder.decode(data)
+            fields = self._decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise DecodeError(f"failed to decode message: {exc}", data, exc) from None
+        # Dramatiq would make up an id for an envelope without one, a new one per delivery: the
+        # message would run, and the delivery limit (counted per id) could never stop it.
+        message_id = fields.get("message_id")
+        if not isinstance(message_id, str) or not message_id:
+            raise DecodeError("envelope without a message_id string", data, ValueError("message_id"))
+        return fields

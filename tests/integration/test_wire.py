@@ -184,12 +184,6 @@ def test_node_client_wrong_envelope_is_dead_lettered_and_worker_goes_on(
     )
     # Never a crash loop: the same process took the next message, its consumer never restarted.
     assert worker.proc.poll() is None and '"level":"CRITICAL"' not in worker.log()
-    if case == "no-message-id" and bad in rows_by_expense(conn):
-        pytest.xfail(
-            "known gap: Dramatiq makes up a message id for an envelope without one, so it runs "
-            "(and a redelivery gets a new id: the delivery limit never trips); the fix is a "
-            "required-field check in workers/encoder.py"
-        )
     assert state["dead"] == 1 and bad not in rows_by_expense(conn)
     [dead] = dead_messages(settings)
     assert dead["options"]["redis_message_id"] == sent["redis_message_id"] and dead["actor_name"] == actor
@@ -197,11 +191,5 @@ def test_node_client_wrong_envelope_is_dead_lettered_and_worker_goes_on(
     key = sent["redis_message_id"] if error_type == "DecodeError" else sent["message_id"]
     assert isinstance(app.failures, RedisFailureLog) and key is not None
     records = app.failures.history(key)
-    if case == "unknown-actor" and not records:
-        pytest.xfail(
-            "known gap: Dramatiq's consumer dead-letters a message for an unknown actor without "
-            "running the middleware that records failures (only its log line says why); the fix "
-            "is a before_nack hook in workers/middleware/failures.py"
-        )
     [record] = records
     assert record.dead and record.error_type == error_type and reason in record.error

@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 import dramatiq
+from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import Middleware
 
 from pipeline.settings import redact
@@ -35,6 +36,13 @@ class RecordFailures(Middleware):
         self.log = log
         self.logger = dramatiq.logging.get_logger(__name__, type(self))
 
+    def before_nack(self, broker: dramatiq.Broker, message: Any) -> None:
+        """A message for an unknown actor is dead-lettered by Dramatiq's consumer thread before
+        any worker thread (and so ``after_process_message``) sees it: record it here."""
+        exception = getattr(message, "_exception", None)
+        if isinstance(exception, ActorNotFound):
+            self._record(message, exception)
+
     def after_process_message(
         self,
         broker: dramatiq.Broker,
@@ -43,8 +51,10 @@ class RecordFailures(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        if exception is None:
-            return
+        if exception is not None:
+            self._record(message, exception)
+
+    def _record(self, message: Any, exception: BaseException) -> None:
         try:
             self.log.record(failure_record(message, type(exception).__name__, str(exception)))
         except Exception:  # the log is best effort; the message itself is never at stake here
