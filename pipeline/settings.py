@@ -57,6 +57,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     worker_prefetch: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
     #: Longest sleep of an idle Redis consumer between polls (ms): the idle latency floor.
     worker_idle_poll_ms: Annotated[int, msgspec.Meta(ge=5, le=10_000)] = 10
+    #: Idle Redis consumers also wait on their queue's wake channel, which every catfleet enqueue
+    #: publishes to: a new message is fetched at once instead of at the next poll.
+    worker_wakeup: bool = True
     #: Dramatiq retries across calls: how many, and the backoff window (ms).
     max_retries: Annotated[int, msgspec.Meta(ge=0, le=50)] = 5
     min_backoff_ms: Positive = 1_000

@@ -57,6 +57,7 @@ def build_broker(settings: Settings, *, extra_middleware: list[Middleware] | Non
             heartbeat_timeout=settings.broker_heartbeat_timeout_ms,
             maintenance_chance=settings.broker_maintenance_chance,
             middleware=middleware,
+            wakeup=settings.worker_wakeup,
         )
     dramatiq.set_broker(broker)
     return broker

@@ -5,12 +5,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
-from uuid import uuid4
 
 import dramatiq
 import msgspec
-from dramatiq.brokers.redis import RedisBroker
-from redis.exceptions import NoScriptError
 
 from pipeline.learning import default_correction_key
 from schemas import (
@@ -22,6 +19,7 @@ from schemas import (
     MAX_EXPENSE_ID,
     Correction,
 )
+from workers.redis_broker import SafeRedisBroker
 
 #: Messages sent per Redis pipeline (one round trip each).
 PIPELINE_MESSAGES = 200
@@ -120,55 +118,9 @@ class Producer:
         )
 
     def send(self, messages: list[dramatiq.Message[Any]]) -> None:
-        if isinstance(self.broker, RedisBroker):
+        if isinstance(self.broker, SafeRedisBroker):
             for group in chunked(messages, PIPELINE_MESSAGES):
-                self._send_redis_pipelined(self.broker, group)
+                self.broker.enqueue_many(group)
         else:  # RabbitMQ: publisher confirms, one by one
             for message in messages:
                 self.broker.enqueue(message)
-
-    @staticmethod
-    def _send_redis_pipelined(broker: RedisBroker, messages: list[dramatiq.Message[Any]]) -> None:
-        """What RedisBroker.enqueue does per message, for a group in one round trip.
-
-        The dispatch script is called by its SHA (``EVALSHA``) without redis-py's script check,
-        which would cost a ``SCRIPT EXISTS`` round trip per pipeline. Where the server does not
-        have the script yet (a new or restarted Redis), every call of it fails with NOSCRIPT and
-        none ran: the script is loaded and those calls, only those, are sent again."""
-        dispatch = broker.scripts["dispatch"]
-        prepared = []
-        for message in messages:
-            message = message.copy(options={"redis_message_id": str(uuid4())})
-            broker.emit_before("enqueue", message, None)
-            prepared.append(message)
-        pending = prepared
-        for _ in range(2):
-            with broker.client.pipeline(transaction=False) as pipe:
-                for message in pending:
-                    args = [
-                        "enqueue",
-                        dramatiq.common.current_millis(),
-                        message.queue_name,
-                        broker.broker_id,
-                        broker.heartbeat_timeout,
-                        broker.dead_message_ttl,
-                        broker._should_do_maintenance("enqueue"),
-                        broker._max_unpack_size(),
-                        message.options["redis_message_id"],
-                        message.encode(),
-                    ]
-                    pipe.evalsha(dispatch.sha, 1, broker.namespace, *args)
-                results = pipe.execute(raise_on_error=False)
-            errors = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)]
-            if errors:
-                raise errors[0]
-            pending = [m for m, r in zip(pending, results, strict=True) if isinstance(r, NoScriptError)]
-            if not pending:
-                break
-            broker.client.script_load(dispatch.script)
-        else:
-            raise NoScriptError(
-                f"the dispatch script is still missing after loading it ({len(pending)} messages)"
-            )
-        for message in prepared:
-            broker.emit_after("enqueue", message, None)

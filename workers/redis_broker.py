@@ -4,26 +4,155 @@ A raw payload that is not JSON, or whose envelope has fields ``Message`` does no
 ``Message.decode`` raise inside Dramatiq's Redis consumer: the consumer restarts, the payload
 stays in the process's unacked set and nothing else moves until the process dies. Here the
 consumer finds the offending Redis message id among its own unacked ids (a set bounded by the
-prefetch), moves it to the dead-letter queue and records why."""
+prefetch), moves it to the dead-letter queue and records why.
+
+Also a wake-up instead of pure polling: Dramatiq's consumer sleeps between empty fetches
+(5 ms doubling up to ``worker_timeout``), so an idle fleet answers a new message only at its
+next poll. Every enqueue here also ``PUBLISH``es on the queue's wake channel in the same round
+trip (``wake_channel``), and each worker process keeps one subscriber thread that cuts the
+consumers' idle sleep short. Messages from producers that do not publish (redis-cli, other
+languages) are still fetched at the next poll; a lost subscription only means polling again."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
+from uuid import uuid4
 
+import redis
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.errors import DecodeError
+from dramatiq.common import compute_backoff, current_millis
+from dramatiq.errors import ConnectionClosed, DecodeError
+from dramatiq.message import Message
+from redis.exceptions import NoScriptError
 
 from workers.failures import MAX_ERROR_CHARS, FailureLog, FailureRecord
+
+#: Seconds a wake subscriber waits before it subscribes again after losing its connection.
+WAKE_RESUBSCRIBE_S = 1.0
+
+
+def wake_channel(namespace: str, queue_name: str) -> str:
+    """The channel an enqueue on ``queue_name`` publishes to (payload unused)."""
+    return f"{namespace}:wake:{queue_name}"
+
+
+class WakeSubscriber:
+    """One thread per worker process: a pattern subscription to the namespace's wake channels
+    that sets the event of the queue it names. Started lazily by the first consumer, so it runs
+    in the forked worker process, never in Dramatiq's main process."""
+
+    def __init__(self, client: redis.Redis, namespace: str):
+        self.client = client
+        self.prefix = wake_channel(namespace, "")
+        self.events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="catfleet-wake", daemon=True)
+        self._thread.start()
+
+    def event(self, queue_name: str) -> threading.Event:
+        with self._lock:
+            return self.events.setdefault(queue_name, threading.Event())
+
+    def _run(self) -> None:
+        while True:
+            try:
+                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                pubsub.psubscribe(f"{self.prefix}*")
+                for item in pubsub.listen():
+                    channel = item.get("channel")
+                    if isinstance(channel, bytes):
+                        queue = channel.decode()[len(self.prefix) :]
+                        with self._lock:
+                            event = self.events.get(queue)
+                        if event is not None:
+                            event.set()
+            except (redis.RedisError, OSError, ValueError):
+                pass  # consumers fall back to polling until the subscription is back
+            time.sleep(WAKE_RESUBSCRIBE_S)
 
 
 class SafeRedisBroker(RedisBroker):
     #: Where undecodable messages' reasons go (set by the app once its failure log exists).
     failure_log: FailureLog | None = None
+    _wake: WakeSubscriber | None = None
+
+    def __init__(self, *, wakeup: bool = True, **kwargs: Any):
+        super().__init__(**kwargs)
+        #: False: consumers only poll (they still publish: other processes may listen).
+        self.wakeup = wakeup
+        self._never = threading.Event()
+        self._wake_lock = threading.Lock()
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
         return _SafeRedisConsumer
+
+    def enqueue_many(self, messages: list[Message[Any]]) -> None:
+        """What ``enqueue`` does per message (no delay), for the whole list in one round trip."""
+        prepared = []
+        for message in messages:
+            message = message.copy(options={"redis_message_id": str(uuid4())})
+            self.emit_before("enqueue", message, None)
+            prepared.append(message)
+        self._run_dispatch(
+            [("enqueue", m.queue_name, m.options["redis_message_id"], m.encode()) for m in prepared]
+        )
+        for message in prepared:
+            self.emit_after("enqueue", message, None)
+
+    def do_enqueue(self, queue_name: str, *args: Any) -> None:
+        """``RedisBroker.enqueue``'s dispatch call (retries, delays, ``actor.send``), with its wake-up."""
+        self._run_dispatch([("enqueue", queue_name, *args)])
+
+    def _run_dispatch(self, calls: list[tuple[Any, ...]]) -> None:
+        """``(command, queue_name, *args)`` calls of Dramatiq's dispatch script, as
+        ``RedisBroker._dispatch`` makes them, plus one ``PUBLISH`` per queue enqueued to, in one
+        pipeline. The script goes by its SHA (``EVALSHA``) without redis-py's script check, which
+        would cost a ``SCRIPT EXISTS`` round trip; where the server lacks the script (a new or
+        restarted Redis) every call of it fails with NOSCRIPT and none ran: the script is loaded
+        and those calls, only those, are sent again."""
+        sha = self.scripts["dispatch"].sha
+        pending = calls
+        for _ in range(2):
+            with self.client.pipeline(transaction=False) as pipe:
+                for command, queue_name, *args in pending:
+                    pipe.evalsha(sha, 1, self.namespace, *self._dispatch_args(command, queue_name), *args)
+                for queue_name in {c[1] for c in pending if c[0] == "enqueue"}:
+                    pipe.publish(wake_channel(self.namespace, queue_name), b"")
+                results = pipe.execute(raise_on_error=False)[: len(pending)]
+            errors = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)]
+            if errors:
+                raise errors[0]
+            pending = [c for c, r in zip(pending, results, strict=True) if isinstance(r, NoScriptError)]
+            if not pending:
+                return
+            self.client.script_load(self.scripts["dispatch"].script)
+        raise NoScriptError(f"the dispatch script is still missing after loading it ({len(pending)} calls)")
+
+    def _dispatch_args(self, command: str, queue_name: str) -> list[Any]:
+        """The leading arguments ``RedisBroker._dispatch`` passes the script (dramatiq 2.2.1)."""
+        return [
+            command,
+            current_millis(),
+            queue_name,
+            self.broker_id,
+            self.heartbeat_timeout,
+            self.dead_message_ttl,
+            self._should_do_maintenance(command),
+            self._max_unpack_size(),
+        ]
+
+    def wake_event(self, queue_name: str) -> threading.Event:
+        """The event that ends ``queue_name``'s consumer's idle sleep (never set without wakeup)."""
+        if not self.wakeup:
+            return self._never
+        with self._wake_lock:  # consumers are made by several consumer threads
+            if self._wake is None:
+                self._wake = WakeSubscriber(self.client, self.namespace)
+        return self._wake.event(queue_name)
 
     def dead_letter_undecodable(self, queue_name: str, data: bytes, error: DecodeError) -> str | None:
         """Move the unacked message of this process whose payload is ``data`` to the dead-letter
@@ -64,10 +193,41 @@ class SafeRedisBroker(RedisBroker):
 class _SafeRedisConsumer(_RedisConsumer):
     broker: SafeRedisBroker
 
+    def __init__(self, broker: SafeRedisBroker, queue_name: str, prefetch: int, timeout: int):
+        super().__init__(broker, queue_name, prefetch, timeout)
+        self.wake = broker.wake_event(queue_name)
+
+    def _next(self) -> Any:
+        """Dramatiq's ``_RedisConsumer.__next__`` (2.2.1) with the idle sleep cut short by the
+        queue's wake event."""
+        try:
+            while True:
+                if self.message_cache:
+                    data = self.message_cache.pop(0)
+                    if data is None:
+                        continue
+                    self.misses = 0
+                    message = Message.decode(data)
+                    self.queued_message_ids.add(message.message_id)
+                    return MessageProxy(message)
+                messages = []
+                if self.outstanding_message_count < self.prefetch:
+                    self.wake.clear()  # a publish from now on ends the sleep below
+                    self.message_cache = messages = self.broker.do_fetch(
+                        self.queue_name, self.prefetch - self.outstanding_message_count
+                    )
+                if not messages:
+                    self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
+                    if self.wake.wait(backoff_ms / 1000):
+                        self.misses = 0
+                    return None
+        except redis.ConnectionError as e:
+            raise ConnectionClosed(e) from None
+
     def __next__(self) -> Any:
         while True:
             try:
-                return super().__next__()
+                return self._next()
             except DecodeError as exc:
                 data = exc.data if isinstance(exc.data, bytes) else str(exc.data).encode()
                 rid = self.broker.dead_letter_undecodable(self.queue_name, data, exc)

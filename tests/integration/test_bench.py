@@ -43,7 +43,7 @@ def test_throughput_runs_fleet_naive_and_floor(settings: Settings, tmp_path: Pat
     ("args", "key"),
     [
         (["batch-size", "--expenses", "400", "--sizes", "50,200", "--reps", "1"], "sizes"),
-        (["latency", "--rates", "20", "--seconds", "1", "--polls", "1000,10"], "configs"),
+        (["latency", "--rates", "20", "--seconds", "1", "--polls", "10", "--wakeup", "off,on"], "configs"),
         (["scaling", "--expenses", "400", "--shapes", "1x2", "--reps", "1"], "shapes"),
         (["cache", "--expenses", "2000", "--merchants", "300", "--reps", "1"], "hit_rate_after_warmup"),
         (["relay", "--expenses", "300", "--samples", "5", "--rate", "50"], "relay_added"),

@@ -23,8 +23,14 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def _csv(kind: type[Any]) -> Callable[[str], list[Any]]:
+def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
     return lambda text: [kind(x) for x in text.split(",")]
+
+
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return text == "on"
 
 
 def _shapes(text: str) -> list[tuple[int, int]]:
@@ -39,7 +45,13 @@ RUNNERS: dict[str, Callable[[BenchEnv, argparse.Namespace], dict[str, Any]]] = {
         env, expenses=a.expenses, sizes=a.sizes, reps=a.reps, processes=a.processes, say=_say
     ),
     "latency": lambda env, a: scenarios.latency(
-        env, rates=a.rates, seconds=a.seconds, polls=a.polls, processes=a.processes, say=_say
+        env,
+        rates=a.rates,
+        seconds=a.seconds,
+        polls=a.polls,
+        wakeups=a.wakeup,
+        processes=a.processes,
+        say=_say,
     ),
     "scaling": lambda env, a: scenarios.scaling(
         env, expenses=a.expenses, shapes=a.shapes, reps=a.reps, say=_say
@@ -112,6 +124,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--rates", type=_csv(float), default=[10.0, 200.0], help="messages per second")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per rate")
     p.add_argument("--polls", type=_csv(int), default=[1000, 10], help="idle poll caps (ms) to compare")
+    p.add_argument(
+        "--wakeup", type=_csv(_on_off), default=[False, True], help="consumer wake-up off,on to compare"
+    )
     p = scenario("scaling", "processes x threads on the same load, with CPU per component", expenses=100_000)
     p.add_argument("--shapes", type=_shapes, default=[(1, 4), (2, 4), (2, 8)], help="e.g. 1x4,2x4")
     scenario("profile", "the worker's hot path in-process under cProfile", expenses=20_000, reps=False)

@@ -167,22 +167,33 @@ def _steady(env: BenchEnv, ids: list[int], rate: float) -> dict[str, float]:
 
 
 def latency(
-    env: BenchEnv, *, rates: list[float], seconds: float, polls: list[int], processes: int, say: Say
+    env: BenchEnv,
+    *,
+    rates: list[float],
+    seconds: float,
+    polls: list[int],
+    wakeups: list[bool],
+    processes: int,
+    say: Say,
 ) -> dict[str, Any]:
+    """Each (idle poll, wake-up) configuration in turn, on fresh workers, at each rate."""
     needed = int(max(rates) * seconds)
     ids = env.load(needed)
     out: dict[str, Any] = {"seconds": seconds, "processes": processes, "configs": {}}
     for poll in polls:
-        label = f"idle_poll_{poll}ms"
-        out["configs"][label] = {}
-        with env.workers(label, processes=processes, **{env_name("worker_idle_poll_ms"): str(poll)}):
-            time.sleep(1.5)  # let the consumers reach their idle back-off, as in production
-            for rate in rates:
-                got = _steady(env, ids[: int(rate * seconds)], rate)
-                out["configs"][label][f"{rate:g}/s"] = got
-                say(
-                    f"  {label} at {rate:g}/s: p50 {got['p50_ms']} p95 {got['p95_ms']} p99 {got['p99_ms']} ms"
-                )
+        for wakeup in wakeups:
+            label = f"idle_poll_{poll}ms_wakeup_{'on' if wakeup else 'off'}"
+            out["configs"][label] = {}
+            overrides = {env_name("worker_idle_poll_ms"): str(poll), env_name("worker_wakeup"): str(wakeup)}
+            with env.workers(label, processes=processes, **overrides):
+                time.sleep(1.5)  # let the consumers reach their idle back-off, as in production
+                for rate in rates:
+                    got = _steady(env, ids[: int(rate * seconds)], rate)
+                    out["configs"][label][f"{rate:g}/s"] = got
+                    say(
+                        f"  {label} at {rate:g}/s: p50 {got['p50_ms']} p95 {got['p95_ms']}"
+                        f" p99 {got['p99_ms']} ms"
+                    )
     return out
 
 
