@@ -91,7 +91,8 @@ def test_readme_redis_cli_commands_enqueue_a_batch(
 ) -> None:
     ids = data.add_expenses(conn, ["PAYPAL *STARBUCKS 402935", "TST* WALMART STORE #4567", "UBER *TRIP"])
     out = redis_cli_enqueue(settings, ",".join(map(str, ids)))
-    assert out.split() == ["OK", "QUEUED", "QUEUED", "1", "1"]  # MULTI, HSET, RPUSH, EXEC's replies
+    # MULTI, HSET, RPUSH, PUBLISH, then EXEC's replies: the worker process's wake subscription got it
+    assert out.split() == ["OK", "QUEUED", "QUEUED", "QUEUED", "1", "1", "1"]
     got = wait_for(lambda: (r := rows_by_expense(conn)) and len(r) == 3 and r, what="3 rows")
     assert [got[i][0] for i in ids] == [cats["coffee"], cats["groceries"], cats["rideshare"]]
     assert len({got[i][1] for i in ids}) == 1  # one message, its id recorded
