@@ -53,12 +53,16 @@ retry_transient = retry(
 
 
 def open_pool(dsn: str, *, size: int, name: str, wait: bool = False) -> psycopg_pool.ConnectionPool:
-    """A pool of autocommit connections: one statement is one round trip (no BEGIN/COMMIT)."""
+    """A pool of autocommit connections: one statement is one round trip (no BEGIN/COMMIT).
+
+    Every connection is checked (an empty query) as it is handed out: one that broke while idle
+    (server restarted, backend terminated, idle timeout) is discarded and replaced, never used."""
     pool = psycopg_pool.ConnectionPool(
         dsn,
         min_size=1,
         max_size=max(1, size),
         kwargs={"autocommit": True},
+        check=psycopg_pool.ConnectionPool.check_connection,
         name=name,
         timeout=10.0,
         reconnect_timeout=60.0,

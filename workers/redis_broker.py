@@ -145,6 +145,27 @@ class SafeRedisBroker(RedisBroker):
             self._max_unpack_size(),
         ]
 
+    def abandon_broker_id(self, error: BaseException) -> None:
+        """Take a new broker id after a consumer lost its connection.
+
+        What this process held under the old id can no longer be accounted for: a fetch whose
+        reply the connection lost moved messages into the old id's unacked set without handing
+        them out, and Dramatiq's consumer restart drops its prefetched messages and its delay
+        queue. Its heartbeat no longer refreshed, the old id dies, and broker maintenance puts
+        everything still in its unacked sets back in the queue after ``heartbeat_timeout``
+        (acked ones are skipped: their payload is gone). Messages in flight at the time may run
+        once more; the idempotent write absorbs that."""
+        with self._wake_lock:
+            old, self.broker_id = self.broker_id, str(uuid4())
+        self.logger.warning(
+            "Lost the broker connection (%s): broker id %s abandoned for %s; its unacked messages"
+            " come back after the heartbeat timeout (%d ms)",
+            error,
+            old,
+            self.broker_id,
+            self.heartbeat_timeout,
+        )
+
     def wake_event(self, queue_name: str) -> threading.Event:
         """The event that ends ``queue_name``'s consumer's idle sleep (never set without wakeup)."""
         if not self.wakeup:
@@ -222,6 +243,7 @@ class _SafeRedisConsumer(_RedisConsumer):
                         self.misses = 0
                     return None
         except redis.ConnectionError as e:
+            self.broker.abandon_broker_id(e)
             raise ConnectionClosed(e) from None
 
     def __next__(self) -> Any:

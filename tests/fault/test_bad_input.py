@@ -20,7 +20,7 @@ from tests.support.broker import queue_state
 from tests.support.data import categorized
 from tests.support.services import WorkerProcess, wait_for
 from workers.dlq import open_store
-from workers.dlq.base import DeadLetterFilter
+from workers.dlq.base import DeadLetter, DeadLetterFilter
 
 pytestmark = pytest.mark.fault
 
@@ -52,6 +52,24 @@ def push(client: redis.Redis, settings: Settings, payload: bytes) -> str:
     return rid
 
 
+def redis_id(letter: DeadLetter) -> str:
+    """The Redis message id a dead letter was pushed with (an undecodable one is listed by it)."""
+    options = (letter.payload or {}).get("options") or {}
+    return str(options.get("redis_message_id") or letter.message_id)
+
+
+def as_defined(letter: DeadLetter, error_type: str, text: str) -> bool:
+    """Dead-lettered with this final error, on its first attempt: one failure recorded (the
+    final one) with retries == 0, and no retry count in the message."""
+    retries = int(((letter.payload or {}).get("options") or {}).get("retries", 0))
+    return (
+        letter.error_type == error_type
+        and text in letter.error
+        and [(r.retries, r.dead) for r in letter.history] == [(0, True)]
+        and retries == 0
+    )
+
+
 def test_bad_input_catalogue(
     settings: Settings, cats: dict[str, int], conn: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
@@ -65,17 +83,37 @@ def test_bad_input_catalogue(
     [huge_desc] = data.add_expenses(conn, ["UBER *TRIP"])
     conn.execute("UPDATE expenses SET description = repeat('x', 1024 * 1024) WHERE id = %s", (huge_desc,))
     client = redis.Redis.from_url(settings.broker_url)
+    #: case -> (Redis message id, the final error recorded for it: type and a part of its text)
     dead_expected = {
-        "unparseable json": push(client, settings, b'{"queue_name": "categorize", "args": [oops'),
-        "not an object": push(client, settings, b"[1, 2, 3]"),
-        "extra envelope field": push(client, settings, envelope([{"expense_ids": [good[0]]}], surprise=1)),
-        "wrong types": push(client, settings, envelope([{"expense_ids": ["one"]}])),
-        "negative ids": push(client, settings, envelope([{"expense_ids": [-1, good[0]]}])),
-        "huge ids": push(client, settings, envelope([{"expense_ids": [2**64]}])),
-        "over the maximum": push(
-            client, settings, envelope([{"expense_ids": list(range(1, MAX_BATCH_IDS + 2))}])
+        "unparseable json": (
+            push(client, settings, b'{"queue_name": "categorize", "args": [oops'),
+            ("DecodeError", "JSON is malformed"),
         ),
-        "unknown actor": push(client, settings, envelope([{"expense_ids": [1]}], actor="no_such_actor")),
+        "not an object": (push(client, settings, b"[1, 2, 3]"), ("DecodeError", "got `array`")),
+        "extra envelope field": (
+            push(client, settings, envelope([{"expense_ids": [good[0]]}], surprise=1)),
+            ("DecodeError", "unexpected keyword argument 'surprise'"),
+        ),
+        "wrong types": (
+            push(client, settings, envelope([{"expense_ids": ["one"]}])),
+            ("InvalidMessage", "Expected `int`, got `str` - at `$.expense_ids[0]`"),
+        ),
+        "negative ids": (
+            push(client, settings, envelope([{"expense_ids": [-1, good[0]]}])),
+            ("InvalidMessage", "Expected `int` >= 1 - at `$.expense_ids[0]`"),
+        ),
+        "huge ids": (
+            push(client, settings, envelope([{"expense_ids": [2**64]}])),
+            ("InvalidMessage", "Expected `int` <= 9223372036854775807"),
+        ),
+        "over the maximum": (
+            push(client, settings, envelope([{"expense_ids": list(range(1, MAX_BATCH_IDS + 2))}])),
+            ("InvalidMessage", f"length <= {MAX_BATCH_IDS}"),
+        ),
+        "unknown actor": (
+            push(client, settings, envelope([{"expense_ids": [1]}], actor="no_such_actor")),
+            ("ActorNotFound", "no_such_actor"),
+        ),
     }
     push(client, settings, envelope([{"expense_ids": [*good, *good, huge_desc]}]))  # duplicates: written once
     worker = WorkerProcess(settings, tmp_path / "w.log")
@@ -86,19 +124,26 @@ def test_bad_input_catalogue(
         wait_for(lambda: queue_state(settings)["dead"] == len(dead_expected), timeout=60, what="dead letters")
         ns = settings.broker_namespace
         dead_rids = {r.decode() for r in client.zrange(f"{ns}:{CATEGORIZE_QUEUE}.XQ", 0, -1)}
-        assert dead_rids == set(dead_expected.values())
+        assert dead_rids == {rid for rid, _ in dead_expected.values()}
         # still working: a later good message is processed by the same worker process
         [late] = data.add_expenses(conn, ["WALMART"])
         push(client, settings, envelope([{"expense_ids": [late]}]))
         wait_for(lambda: categorized(conn)[1] == len(good) + 2, timeout=30, what="a later batch")
-        assert worker.proc.poll() is None
+        assert worker.alive()
         assert conn.execute("SELECT count(*) FROM expenses").fetchone() == (len(good) + 2,)  # no injection
         store = open_store(settings)
-        letters = {x.message_id: x for x in store.find(DeadLetterFilter(queue=CATEGORIZE_QUEUE))}
+        letters = {redis_id(x): x for x in store.find(DeadLetterFilter(queue=CATEGORIZE_QUEUE))}
         store.close()
-        assert letters[dead_expected["unparseable json"]].error_type == "DecodeError"
-        assert letters[dead_expected["extra envelope field"]].error_type == "DecodeError"
+        found = {case: letters[rid] for case, (rid, _) in dead_expected.items()}
         print(f"\nbad input: {len(letters)} dead-lettered, {categorized(conn)[1]} categorized")
+        for case, x in found.items():
+            print(f"  {case}: {x.error_type}: {x.error[:80]} (attempts: {[r.retries for r in x.history]})")
+        wrong = {
+            case: (x.error_type, x.error, [(r.retries, r.dead) for r in x.history])
+            for case, x in found.items()
+            if not as_defined(x, *dead_expected[case][1])
+        }
+        assert wrong == {}, "dead letters without their defined reason, or retried"
     finally:
         worker.stop()
         client.close()

@@ -57,6 +57,13 @@ def dlq(settings: Settings, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def audit(conn: psycopg.Connection[Any]) -> list[tuple[int, list[str]]]:
+    """(count, message ids) of each replay or purge recorded, oldest first."""
+    return [
+        (r[0], r[1]) for r in conn.execute("SELECT count, message_ids FROM dead_letter_actions ORDER BY id")
+    ]
+
+
 def batch_events(worker: WorkerProcess) -> list[str]:
     out = []
     for line in worker.log().splitlines():
@@ -127,19 +134,26 @@ def test_replay_killed_halfway_then_rerun_loses_and_duplicates_nothing(tmp_path:
             wait_for(lambda: queue_state(settings)["dead"] == 40, timeout=60, what="40 dead letters")
             conn.execute("DELETE FROM poison")
             first = dlq(settings, "replay", "--all", "--rate", "20")
-            wait_for(lambda: queue_state(settings)["dead"] <= 30, timeout=30, what="replay under way")
+            wait_for(lambda: audit(conn) and audit(conn)[0][0] >= 5, timeout=30, what="replay under way")
             first.send_signal(signal.SIGKILL)
             first.communicate()
             left = queue_state(settings)["dead"]
             assert 0 < left < 40
+            [(killed_count, killed_ids)] = audit(conn)  # written before the first move, kept up
+            assert killed_count == len(killed_ids) and 5 <= killed_count <= 40 - left
             out, err = dlq(settings, "replay", "--all", "--json").communicate(timeout=60)
             assert json.loads(out)["done"] == left, err
+            [_, (rerun_count, rerun_ids)] = audit(conn)
+            assert rerun_count == left and not set(rerun_ids) & set(killed_ids)
             wait_for(lambda: categorized(conn) == (200, 200), timeout=60, what="every expense")
             wait_for(lambda: queue_state(settings) == EMPTY, timeout=30, what="empty queues")
             time.sleep(0.5)
             events = batch_events(worker)
             assert sorted(events) == sorted(mids)  # each batch ran exactly once after the fix
-            print(f"\nreplay killed with {left}/40 dead letters left; then {40 - left} + {left} replayed")
+            print(
+                f"\nreplay killed with {left}/40 dead letters left (its audit entry: {killed_count}); "
+                f"then {40 - left} + {left} replayed"
+            )
         finally:
             worker.stop()
 

@@ -4,10 +4,12 @@ Dead letters are made the way Dramatiq makes them: enqueue, consume, nack."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 from uuid import uuid4
 
@@ -21,23 +23,29 @@ from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL, RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
 from pipeline.settings import Settings
+from schemas import CATEGORIZE_QUEUE
+from tests.support.rabbit import rabbit_vhost
 from tests.support.services import wait_for
 from workers.dlq import open_store
-from workers.dlq.base import DeadLetterFilter, DeadLetterStore
+from workers.dlq.base import AUDIT_EVERY_S, DeadLetterFilter, DeadLetterStore
 from workers.dlq.rabbitmq import RabbitmqDeadLetterStore
 from workers.failures import FailureRecord
 from workers.procs import ROOT, settings_env
-from workers.queues import DEAD_LETTER_ACTIONS_KEY
+from workers.queues import DEAD_LETTER_ACTIONS_KEY, queue_stats
 
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 
 class Backend:
-    """A real broker with one private queue, and the dead-letter store in front of it."""
+    """A real broker with one private queue, and the dead-letter store in front of it.
 
-    def __init__(self, kind: str, settings: Settings):
+    With RabbitMQ the store looks at ``queue`` only (a private queue name on the shared vhost;
+    a fleet queue name is private only on a vhost of the test's own, ``rabbit_url``)."""
+
+    def __init__(self, kind: str, settings: Settings, *, rabbit_url: str = RABBIT_URL, queue: str = ""):
         self.kind = kind
-        self.queue = f"cftest_{uuid4().hex[:10]}"
+        self.queue = queue or f"cftest_{uuid4().hex[:10]}"
+        self.rabbit_url = rabbit_url
         if kind == "redis":
             self.settings = settings
             self.broker: dramatiq.Broker = RedisBroker(
@@ -45,8 +53,8 @@ class Backend:
             )
             self.store: DeadLetterStore = open_store(settings)
         else:
-            self.settings = msgspec.structs.replace(settings, broker_url=RABBIT_URL)
-            self.broker = RabbitmqBroker(url=RABBIT_URL, confirm_delivery=True)
+            self.settings = msgspec.structs.replace(settings, broker_url=rabbit_url)
+            self.broker = RabbitmqBroker(url=rabbit_url, confirm_delivery=True)
             self.store = open_store(self.settings)
             assert isinstance(self.store, RabbitmqDeadLetterStore)
             self.store.queue_names = [self.queue]
@@ -93,7 +101,7 @@ class Backend:
 
     def take(self) -> list[dramatiq.Message[Any]]:
         """Every message now in the live queue (consumed and acked)."""
-        consumer = self.broker.consume(self.queue, prefetch=50, timeout=100)
+        consumer = self.broker.consume(self.queue, prefetch=100, timeout=100)
         out = []
         try:
             deadline = time.monotonic() + 2
@@ -109,7 +117,7 @@ class Backend:
     def close(self) -> None:
         self.store.close()
         if self.kind == "rabbitmq":
-            conn = pika.BlockingConnection(pika.URLParameters(RABBIT_URL))
+            conn = pika.BlockingConnection(pika.URLParameters(self.rabbit_url))
             ch = conn.channel()
             for q in (self.queue, f"{self.queue}.DQ", f"{self.queue}.XQ"):
                 ch.queue_delete(q)
@@ -244,7 +252,7 @@ def test_undecodable_dead_letter_is_listed_and_purgeable_not_replayable(backend:
         client.hset(f"{ns}:{backend.queue}.XQ.msgs", "rid-bad", b"{not json")
         client.close()
     else:
-        conn = pika.BlockingConnection(pika.URLParameters(RABBIT_URL))
+        conn = pika.BlockingConnection(pika.URLParameters(backend.rabbit_url))
         channel = conn.channel()
         channel.queue_declare(
             f"{backend.queue}.XQ", durable=True, arguments={"x-message-ttl": DEAD_MESSAGE_TTL}
@@ -269,8 +277,6 @@ def redis_backend(settings: Settings) -> Iterator[Backend]:
 
 def test_cli_list_show_replay_purge_json(redis_backend: Backend) -> None:
     """The CLI over the Redis store (the RabbitMQ store looks at the fleet's fixed queue names)."""
-    import json
-
     backend = redis_backend
 
     a, b = backend.message([5, 6]), backend.message([9])
@@ -309,3 +315,71 @@ def test_cli_list_show_replay_purge_json(redis_backend: Backend) -> None:
     purged = json.loads(run("purge", "--queue", q, "--yes", "--json").stdout)
     assert purged["message_ids"] == [b.message_id]
     assert json.loads(run("list", "--queue", q, "--json").stdout) == []
+
+
+def test_the_dead_letter_gauge_counts_them_on_either_broker(backend: Backend) -> None:
+    """``catfleet_queue_dead_letters`` is read from ``queue_stats`` at scrape time: the Redis XQ's
+    size, or the RabbitMQ XQ's message count (a passive-equivalent declare)."""
+    msgs = [backend.message([i]) for i in (1, 2, 3)]
+    for m in msgs:
+        backend.kill(m)
+
+    def dead() -> int:
+        return next(s.dead for s in queue_stats(backend.broker) if s.queue == backend.queue)
+
+    wait_for(lambda: dead() == 3, what="three dead letters counted")
+    backend.store.purge(DeadLetterFilter(ids=(msgs[0].message_id,)))
+    wait_for(lambda: dead() == 2, what="two after a purge")
+
+
+@pytest.mark.parametrize("kind", ["redis", "rabbitmq"])
+def test_a_replay_killed_halfway_leaves_its_audit_entry_up_to_date(kind: str, settings: Settings) -> None:
+    """``catfleet dlq replay`` paced at 10/s, killed (SIGKILL) once its audit entry has grown:
+    the entry names only messages that really moved, at most one update behind; the rerun's
+    entry has the rest; every message is back in its queue."""
+    n, rate = 20, 10
+    with ExitStack() as stack:
+        if kind == "rabbitmq":  # the CLI's RabbitMQ store looks at the fleet's queue names
+            url = stack.enter_context(rabbit_vhost())
+            backend = Backend(kind, settings, rabbit_url=url, queue=CATEGORIZE_QUEUE)
+        else:
+            backend = Backend(kind, settings)
+        stack.callback(backend.close)
+        msgs = [backend.message([i]) for i in range(1, n + 1)]
+        for m in msgs:
+            backend.kill(m)
+        everything = {m.message_id for m in msgs}
+        flt = DeadLetterFilter(queue=backend.queue)
+        since = last_audit_id(settings)
+        env = settings_env(backend.settings)
+        argv = [sys.executable, "-m", "workers", "dlq", "replay", "--queue", backend.queue]
+        first = subprocess.Popen([*argv, "--rate", str(rate)], env=env, cwd=ROOT, stdout=subprocess.PIPE)
+        wait_for(lambda: [r for r in audit_rows(settings, since) if r[5] > 0], timeout=30, what="entry grown")
+        first.kill()
+        first.communicate()
+
+        def stats() -> tuple[int, int]:
+            found = next(s for s in queue_stats(backend.broker) if s.queue == backend.queue)
+            return found.ready, found.dead
+
+        # RabbitMQ hands the killed session's unacked dead letters back to the XQ on its own time
+        wait_for(lambda: sum(stats()) >= n, what="every message in the queue or the XQ")
+        left = {x.message_id for x in backend.store.find(flt)}
+        moved = everything - left
+        [entry] = audit_rows(settings, since)
+        _, broker, action, _, dry_run, count, ids = entry
+        assert (broker, action, dry_run) == (backend.store.broker, "replay", False)
+        assert count == len(ids) and set(ids) <= moved, (count, ids, moved)
+        assert 0 < count <= len(moved) < n  # killed halfway, after its entry had grown
+        assert len(moved) - count <= rate * AUDIT_EVERY_S + 1  # at most one update behind
+
+        out = subprocess.run([*argv, "--json"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert set(json.loads(out.stdout)["message_ids"]) == left
+        [_, rerun] = audit_rows(settings, since)
+        assert rerun[5] == len(left) and set(rerun[6]) == left
+        back = [m.message_id for m in backend.take()]
+        assert set(back) == everything  # nothing lost
+        # Redis moves each one atomically; RabbitMQ may duplicate the one published, not yet acked
+        assert len(back) == n if kind == "redis" else n <= len(back) <= n + 1
+        print(f"\n{kind}: replay killed after {len(moved)}/{n} moves, its audit entry had {count}")

@@ -12,7 +12,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, LiteralString
 
 import dramatiq
 import msgspec
@@ -24,6 +24,12 @@ Action = Literal["replay", "purge"]
 
 #: Options a replay drops: the message starts over (no delay, no retries, no old traceback).
 RESET_OPTIONS = frozenset({"eta", "retries", "traceback", "requeue_timestamp", "redis_message_id"})
+
+#: The audit entry of a replay or purge is written before the first move and brought up to date
+#: after this many moves or this many seconds, whichever comes first, and at the end: an action
+#: killed halfway leaves an entry that is at most that far behind what it did.
+AUDIT_EVERY = 100
+AUDIT_EVERY_S = 1.0
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):
@@ -90,10 +96,25 @@ class Session(abc.ABC):
 
 
 class AuditLog(abc.ABC):
+    """Who did what to the dead letters. An entry is opened before anything moves and grows as
+    messages move, so a crash halfway still leaves one."""
+
     @abc.abstractmethod
-    def record(
-        self, *, broker: str, report: ActionReport, filter: DeadLetterFilter, operator: str
-    ) -> None: ...
+    def begin(self, *, broker: str, action: Action, filter: DeadLetterFilter, operator: str) -> int:
+        """Open an entry for an action about to start (count 0); its id."""
+
+    @abc.abstractmethod
+    def add(self, entry: int, message_ids: list[str]) -> None:
+        """These messages were moved by the entry's action: add them to its count and ids."""
+
+
+#: Grows an audit entry by the messages moved since its last update.
+#: (Belongs in pipeline/queries.py with INSERT_DEAD_LETTER_ACTION.)
+ADD_TO_DEAD_LETTER_ACTION: LiteralString = """
+UPDATE dead_letter_actions
+SET count = count + cardinality(%(ids)s::text[]), message_ids = message_ids || %(ids)s::text[]
+WHERE id = %(entry)s
+"""
 
 
 class PostgresAuditLog(AuditLog):
@@ -102,17 +123,24 @@ class PostgresAuditLog(AuditLog):
     def __init__(self, database: LazyDatabase):
         self.database = database
 
-    def record(self, *, broker: str, report: ActionReport, filter: DeadLetterFilter, operator: str) -> None:
+    def begin(self, *, broker: str, action: Action, filter: DeadLetterFilter, operator: str) -> int:
         params = {
             "operator": operator,
             "broker": broker,
-            "action": report.action,
+            "action": action,
             "filter": json.dumps(msgspec.to_builtins(filter)),
-            "dry_run": report.dry_run,
-            "count": report.done,
-            "message_ids": report.message_ids,
+            "dry_run": False,
+            "count": 0,
+            "message_ids": [],
         }
-        self.database.db.run(lambda conn: conn.execute(queries.INSERT_DEAD_LETTER_ACTION, params))
+        sql = queries.INSERT_DEAD_LETTER_ACTION + "RETURNING id"
+        row = self.database.db.run(lambda conn: conn.execute(sql, params).fetchone())
+        assert row is not None
+        return int(row[0])
+
+    def add(self, entry: int, message_ids: list[str]) -> None:
+        params = {"entry": entry, "ids": message_ids}
+        self.database.db.run(lambda conn: conn.execute(ADD_TO_DEAD_LETTER_ACTION, params))
 
 
 def operator_name() -> str:
@@ -185,26 +213,35 @@ class DeadLetterStore(abc.ABC):
         with self.session() as session:
             chosen = self._select(session.letters, filter, limit)
             report.matched = len(chosen)
-            for letter in chosen:
-                if dry_run:
-                    report.message_ids.append(letter.message_id)
-                    continue
-                if action == "replay" and letter.payload is None:
-                    report.skipped[letter.message_id] = "not a readable message: purge it instead"
-                    continue
-                moved = session.replay(letter) if action == "replay" else session.purge(letter)
-                if not moved:
-                    report.skipped[letter.message_id] = "no longer in the dead-letter queue"
-                    continue
-                report.done += 1
-                report.message_ids.append(letter.message_id)
-                self.count(action, letter.queue_name)
-                if rate and action == "replay":
-                    time.sleep(1 / rate)
-        if not dry_run:
-            self.audit.record(
-                broker=self.broker, report=report, filter=filter, operator=operator or operator_name()
+            if dry_run:
+                report.message_ids = [x.message_id for x in chosen]
+                return report
+            entry = self.audit.begin(
+                broker=self.broker, action=action, filter=filter, operator=operator or operator_name()
             )
+            unrecorded: list[str] = []  # moved, not yet in the audit entry
+            recorded_at = time.monotonic()
+            try:
+                for letter in chosen:
+                    if action == "replay" and letter.payload is None:
+                        report.skipped[letter.message_id] = "not a readable message: purge it instead"
+                        continue
+                    moved = session.replay(letter) if action == "replay" else session.purge(letter)
+                    if not moved:
+                        report.skipped[letter.message_id] = "no longer in the dead-letter queue"
+                        continue
+                    report.done += 1
+                    report.message_ids.append(letter.message_id)
+                    unrecorded.append(letter.message_id)
+                    self.count(action, letter.queue_name)
+                    if len(unrecorded) >= AUDIT_EVERY or time.monotonic() - recorded_at >= AUDIT_EVERY_S:
+                        self.audit.add(entry, unrecorded)
+                        unrecorded, recorded_at = [], time.monotonic()
+                    if rate and action == "replay":
+                        time.sleep(1 / rate)
+            finally:  # also when a move fails: the entry says what was done before it
+                if unrecorded:
+                    self.audit.add(entry, unrecorded)
         return report
 
     def _select(
