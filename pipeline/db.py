@@ -4,6 +4,7 @@ and the short in-call retry of transient failures (tenacity)."""
 from __future__ import annotations
 
 import logging
+import select
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -52,17 +53,32 @@ retry_transient = retry(
 )
 
 
+def check_idle(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check, without a round trip: an idle connection the server has written to or
+    closed is broken. A backend that is terminated or shut down sends its FATAL error before it
+    closes, so its socket is readable; our pooled connections never LISTEN, so nothing else
+    arrives unasked. (A connection cut off silently fails when used, and the call is retried.)
+    psycopg_pool's own ``check_connection`` would cost a round trip per checkout: one per
+    batch, and several per expense for a one-expense-per-message producer."""
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        conn.close()  # so that the pool discards it rather than taking it back
+        raise psycopg.OperationalError("the server wrote to or closed the idle connection")
+
+
 def open_pool(dsn: str, *, size: int, name: str, wait: bool = False) -> psycopg_pool.ConnectionPool:
     """A pool of autocommit connections: one statement is one round trip (no BEGIN/COMMIT).
 
-    Every connection is checked (an empty query) as it is handed out: one that broke while idle
-    (server restarted, backend terminated, idle timeout) is discarded and replaced, never used."""
+    Every connection is checked as it is handed out (``check_idle``, no round trip): one that
+    broke while idle (server restarted, backend terminated) is discarded and replaced, never used."""
     pool = psycopg_pool.ConnectionPool(
         dsn,
         min_size=1,
         max_size=max(1, size),
         kwargs={"autocommit": True},
-        check=psycopg_pool.ConnectionPool.check_connection,
+        check=check_idle,
         name=name,
         timeout=10.0,
         reconnect_timeout=60.0,
