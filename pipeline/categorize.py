@@ -26,8 +26,8 @@ from pipeline.stores import CategorizationStore, ExpenseStore, WriteMeta
 from schemas import Expense, Outcome
 
 #: Decisions memoized per worker process (see ``Categorizer._decide``); cleared when full
-#: (about 1.3 kB each with their explanation: ~13 MB at most).
-DECISION_MEMO_MAX = 10_000
+#: (about 1.3 kB each with their explanation: ~5 MB at most; `bench memory` keeps it small).
+DECISION_MEMO_MAX = 4_096
 
 
 class BatchReport(msgspec.Struct, kw_only=True):

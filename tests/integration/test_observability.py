@@ -203,6 +203,19 @@ def test_queue_depth_follows_a_real_backlog_and_status_reports_it(
         assert s.value("catfleet_queue_oldest_message_age_seconds", queue=CATEGORIZE_QUEUE) == 0
         assert s.value("dramatiq_message_rejects_total", **ACTOR) == 1
         assert s.value("catfleet_worker_processes") == 1
+        # status with a worker up: it is seen, and this host reports its process's cache breaker
+        out = subprocess.run(
+            [sys.executable, "-m", "workers", "status", "--json"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        status = json.loads(out.stdout)
+        assert status["workers_seen"] >= 1
+        assert status["readiness"]["status"] == "ready"
+        assert status["readiness"]["cache_breaker"]["closed"] == 1, status["readiness"]
     finally:
         worker.stop()
     failures = log_events(worker, "failure")
