@@ -15,6 +15,7 @@ languages) are still fetched at the next poll; a lost subscription only means po
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -29,6 +30,8 @@ from dramatiq.message import Message
 from redis.exceptions import NoScriptError
 
 from workers.failures import MAX_ERROR_CHARS, FailureLog, FailureRecord
+
+logger = logging.getLogger(__name__)
 
 #: Seconds a wake subscriber waits before it subscribes again after losing its connection.
 WAKE_RESUBSCRIBE_S = 1.0
@@ -69,8 +72,11 @@ class WakeSubscriber:
                             event = self.events.get(queue)
                         if event is not None:
                             event.set()
-            except (redis.RedisError, OSError, ValueError):
-                pass  # consumers fall back to polling until the subscription is back
+            except (redis.RedisError, OSError, ValueError) as exc:
+                # consumers fall back to polling until the subscription is back
+                logger.warning(
+                    "Wake subscription lost (%s); subscribing again in %.0f s", exc, WAKE_RESUBSCRIBE_S
+                )
             time.sleep(WAKE_RESUBSCRIBE_S)
 
 
@@ -83,7 +89,6 @@ class SafeRedisBroker(RedisBroker):
         super().__init__(**kwargs)
         #: False: consumers only poll (they still publish: other processes may listen).
         self.wakeup = wakeup
-        self._never = threading.Event()
         self._wake_lock = threading.Lock()
 
     @property
@@ -167,9 +172,10 @@ class SafeRedisBroker(RedisBroker):
         )
 
     def wake_event(self, queue_name: str) -> threading.Event:
-        """The event that ends ``queue_name``'s consumer's idle sleep (never set without wakeup)."""
+        """The event that ends ``queue_name``'s consumer's idle sleep: set by a publish on the
+        queue's wake channel (without wakeup, a private event that only acks set)."""
         if not self.wakeup:
-            return self._never
+            return threading.Event()
         with self._wake_lock:  # consumers are made by several consumer threads
             if self._wake is None:
                 self._wake = WakeSubscriber(self.client, self.namespace)
@@ -217,10 +223,28 @@ class _SafeRedisConsumer(_RedisConsumer):
     def __init__(self, broker: SafeRedisBroker, queue_name: str, prefetch: int, timeout: int):
         super().__init__(broker, queue_name, prefetch, timeout)
         self.wake = broker.wake_event(queue_name)
+        #: Set while the consumer waits for capacity: the next ack or nack wakes it.
+        self.full = False
+
+    def ack(self, message: Any) -> None:
+        try:
+            super().ack(message)
+        finally:
+            if self.full:
+                self.wake.set()
+
+    def nack(self, message: Any) -> None:
+        try:
+            super().nack(message)
+        finally:
+            if self.full:
+                self.wake.set()
 
     def _next(self) -> Any:
-        """Dramatiq's ``_RedisConsumer.__next__`` (2.2.1) with the idle sleep cut short by the
-        queue's wake event."""
+        """Dramatiq's ``_RedisConsumer.__next__`` (2.2.1), but its sleeps end early: an idle
+        consumer's on the queue's wake event (a publish), a full one's (prefetch all handed
+        out) on the next ack. Dramatiq instead sleeps its growing idle back-off in both cases, so
+        a full consumer can leave a queue waiting for up to ``timeout`` after capacity frees."""
         try:
             while True:
                 if self.message_cache:
@@ -231,12 +255,16 @@ class _SafeRedisConsumer(_RedisConsumer):
                     message = Message.decode(data)
                     self.queued_message_ids.add(message.message_id)
                     return MessageProxy(message)
-                messages = []
-                if self.outstanding_message_count < self.prefetch:
-                    self.wake.clear()  # a publish from now on ends the sleep below
-                    self.message_cache = messages = self.broker.do_fetch(
-                        self.queue_name, self.prefetch - self.outstanding_message_count
-                    )
+                # Clear before looking, so that a publish or an ack from now on ends the wait.
+                self.full = True
+                self.wake.clear()
+                if self.outstanding_message_count >= self.prefetch:
+                    self.wake.wait(self.timeout / 1000)  # until an ack frees room
+                    return None
+                self.full = False
+                self.message_cache = messages = self.broker.do_fetch(
+                    self.queue_name, self.prefetch - self.outstanding_message_count
+                )
                 if not messages:
                     self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
                     if self.wake.wait(backoff_ms / 1000):

@@ -123,7 +123,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = scenario("latency", "enqueue-to-commit latency at steady rates, per idle-poll setting", reps=False)
     p.add_argument("--rates", type=_csv(float), default=[10.0, 200.0], help="messages per second")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per rate")
-    p.add_argument("--polls", type=_csv(int), default=[1000, 10], help="idle poll caps (ms) to compare")
+    p.add_argument("--polls", type=_csv(int), default=[1000, 100], help="idle poll caps (ms) to compare")
     p.add_argument(
         "--wakeup", type=_csv(_on_off), default=[False, True], help="consumer wake-up off,on to compare"
     )
