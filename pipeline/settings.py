@@ -57,7 +57,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     worker_prefetch: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
     #: Longest sleep of an idle Redis consumer between polls (ms): with the wake-up below, how
     #: late a message from a producer that does not publish (redis-cli, other languages) is seen.
-    worker_idle_poll_ms: Annotated[int, msgspec.Meta(ge=5, le=10_000)] = 100
+    worker_idle_poll_ms: Annotated[int, msgspec.Meta(ge=5, le=10_000)] = 1_000
     #: Idle Redis consumers also wait on their queue's wake channel, which every catfleet enqueue
     #: publishes to: a new message is fetched at once instead of at the next poll.
     worker_wakeup: bool = True
