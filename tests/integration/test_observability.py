@@ -35,6 +35,19 @@ def depth(s: Scrape) -> float | None:
     return s.value("catfleet_queue_messages", queue=CATEGORIZE_QUEUE)
 
 
+def status_json(env: dict[str, str]) -> dict[str, Any]:
+    """``catfleet status --json``, parsed."""
+    out = subprocess.run(
+        [sys.executable, "-m", "workers", "status", "--json"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
 def per_process_values(settings: Settings, name: str, **labels: str) -> list[float]:
     """``name`` as each worker process wrote it in its own file of the host's multiprocess
     directory (what the endpoint sums), processes that have no such sample left out."""
@@ -158,15 +171,7 @@ def test_queue_depth_follows_a_real_backlog_and_status_reports_it(
         assert scrape(port).value("catfleet_worker_processes") is None  # no workers on this host
         record_dead_letter_action(app.broker.client, app.broker.namespace, CATEGORIZE_QUEUE, "replayed", 3)
         assert scrape(port).value("catfleet_dead_letter_replays_total", queue=CATEGORIZE_QUEUE) == 3
-        out = subprocess.run(
-            [sys.executable, "-m", "workers", "status", "--json"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        status = json.loads(out.stdout)
+        status = status_json(env)
         queues = {q["queue"]: q for q in status["queues"]}
         assert sorted(queues) == sorted([CATEGORIZE_QUEUE, LEARN_QUEUE])  # every declared actor's queue
         assert queues[LEARN_QUEUE]["ready"] == 0
@@ -204,15 +209,7 @@ def test_queue_depth_follows_a_real_backlog_and_status_reports_it(
         assert s.value("dramatiq_message_rejects_total", **ACTOR) == 1
         assert s.value("catfleet_worker_processes") == 1
         # status with a worker up: it is seen, and this host reports its process's cache breaker
-        out = subprocess.run(
-            [sys.executable, "-m", "workers", "status", "--json"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        status = json.loads(out.stdout)
+        status = status_json(env)
         assert status["workers_seen"] >= 1
         assert status["readiness"]["status"] == "ready"
         assert status["readiness"]["cache_breaker"]["closed"] == 1, status["readiness"]
