@@ -145,6 +145,13 @@ CLEAR_DELIVERIES: LiteralString = "DELETE FROM message_deliveries WHERE message_
 INSERT_DEAD_LETTER_ACTION: LiteralString = """
 INSERT INTO dead_letter_actions (operator, broker, action, filter, dry_run, count, message_ids)
 VALUES (%(operator)s, %(broker)s, %(action)s, %(filter)s, %(dry_run)s, %(count)s, %(message_ids)s)
+RETURNING id
+"""
+#: Grows an audit entry by the messages moved since its last update.
+ADD_TO_DEAD_LETTER_ACTION: LiteralString = """
+UPDATE dead_letter_actions
+SET count = count + cardinality(%(ids)s::text[]), message_ids = message_ids || %(ids)s::text[]
+WHERE id = %(entry)s
 """
 
 # --- Learning from corrections (pipeline/learning.py): one transaction per correction. ---

@@ -24,7 +24,7 @@ from uuid import uuid4
 import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.common import compute_backoff, current_millis
+from dramatiq.common import compute_backoff, current_millis, dq_name
 from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.message import Message
 from redis.exceptions import NoScriptError
@@ -112,7 +112,16 @@ class SafeRedisBroker(RedisBroker):
         """``RedisBroker.enqueue``'s dispatch call (retries, delays, ``actor.send``), with its wake-up."""
         self._run_dispatch([("enqueue", queue_name, *args)])
 
-    def _run_dispatch(self, calls: list[tuple[Any, ...]]) -> None:
+    def run_maintenance(self) -> None:
+        """A heartbeat and a maintenance pass (re-queue dead broker ids' unacked messages, expire
+        old dead letters) for every declared queue and its delay queue, in one round trip: a
+        read-only ``qsize`` dispatch per queue with maintenance forced on."""
+        queues = self.get_declared_queues()
+        self._run_dispatch(
+            [("qsize", q) for q in sorted(queues | {dq_name(q) for q in queues})], maintenance=True
+        )
+
+    def _run_dispatch(self, calls: list[tuple[Any, ...]], *, maintenance: bool = False) -> None:
         """``(command, queue_name, *args)`` calls of Dramatiq's dispatch script, as
         ``RedisBroker._dispatch`` makes them, plus one ``PUBLISH`` per queue enqueued to, in one
         pipeline. The script goes by its SHA (``EVALSHA``) without redis-py's script check, which
@@ -124,7 +133,8 @@ class SafeRedisBroker(RedisBroker):
         for _ in range(2):
             with self.client.pipeline(transaction=False) as pipe:
                 for command, queue_name, *args in pending:
-                    pipe.evalsha(sha, 1, self.namespace, *self._dispatch_args(command, queue_name), *args)
+                    lead = self._dispatch_args(command, queue_name, maintenance=maintenance)
+                    pipe.evalsha(sha, 1, self.namespace, *lead, *args)
                 for queue_name in {c[1] for c in pending if c[0] == "enqueue"}:
                     pipe.publish(wake_channel(self.namespace, queue_name), b"")
                 results = pipe.execute(raise_on_error=False)[: len(pending)]
@@ -137,8 +147,9 @@ class SafeRedisBroker(RedisBroker):
             self.client.script_load(self.scripts["dispatch"].script)
         raise NoScriptError(f"the dispatch script is still missing after loading it ({len(pending)} calls)")
 
-    def _dispatch_args(self, command: str, queue_name: str) -> list[Any]:
-        """The leading arguments ``RedisBroker._dispatch`` passes the script (dramatiq 2.2.1)."""
+    def _dispatch_args(self, command: str, queue_name: str, *, maintenance: bool = False) -> list[Any]:
+        """The leading arguments ``RedisBroker._dispatch`` passes the script (dramatiq 2.2.1);
+        ``maintenance``: run the maintenance pass whatever ``maintenance_chance`` says."""
         return [
             command,
             current_millis(),
@@ -146,7 +157,7 @@ class SafeRedisBroker(RedisBroker):
             self.broker_id,
             self.heartbeat_timeout,
             self.dead_message_ttl,
-            self._should_do_maintenance(command),
+            1 if maintenance else self._should_do_maintenance(command),
             self._max_unpack_size(),
         ]
 
@@ -230,15 +241,17 @@ class _SafeRedisConsumer(_RedisConsumer):
         try:
             super().ack(message)
         finally:
-            if self.full:
-                self.wake.set()
+            self._room_freed()
 
     def nack(self, message: Any) -> None:
         try:
             super().nack(message)
         finally:
-            if self.full:
-                self.wake.set()
+            self._room_freed()
+
+    def _room_freed(self) -> None:
+        if self.full:
+            self.wake.set()
 
     def _next(self) -> Any:
         """Dramatiq's ``_RedisConsumer.__next__`` (2.2.1), but its sleeps end early: an idle

@@ -12,7 +12,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any, ClassVar, Literal, LiteralString
+from typing import Any, ClassVar, Literal
 
 import dramatiq
 import msgspec
@@ -108,15 +108,6 @@ class AuditLog(abc.ABC):
         """These messages were moved by the entry's action: add them to its count and ids."""
 
 
-#: Grows an audit entry by the messages moved since its last update.
-#: (Belongs in pipeline/queries.py with INSERT_DEAD_LETTER_ACTION.)
-ADD_TO_DEAD_LETTER_ACTION: LiteralString = """
-UPDATE dead_letter_actions
-SET count = count + cardinality(%(ids)s::text[]), message_ids = message_ids || %(ids)s::text[]
-WHERE id = %(entry)s
-"""
-
-
 class PostgresAuditLog(AuditLog):
     """Table ``dead_letter_actions``: who, when, what filter, how many, which ids."""
 
@@ -133,14 +124,15 @@ class PostgresAuditLog(AuditLog):
             "count": 0,
             "message_ids": [],
         }
-        sql = queries.INSERT_DEAD_LETTER_ACTION + "RETURNING id"
-        row = self.database.db.run(lambda conn: conn.execute(sql, params).fetchone())
+        row = self.database.db.run(
+            lambda conn: conn.execute(queries.INSERT_DEAD_LETTER_ACTION, params).fetchone()
+        )
         assert row is not None
         return int(row[0])
 
     def add(self, entry: int, message_ids: list[str]) -> None:
         params = {"entry": entry, "ids": message_ids}
-        self.database.db.run(lambda conn: conn.execute(ADD_TO_DEAD_LETTER_ACTION, params))
+        self.database.db.run(lambda conn: conn.execute(queries.ADD_TO_DEAD_LETTER_ACTION, params))
 
 
 def operator_name() -> str:

@@ -17,9 +17,9 @@ import threading
 from typing import Any
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import current_millis, dq_name
 from dramatiq.middleware import Middleware
+
+from workers.redis_broker import SafeRedisBroker
 
 
 class BrokerMaintenance(Middleware):
@@ -30,7 +30,7 @@ class BrokerMaintenance(Middleware):
         self._thread: threading.Thread | None = None
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
-        if not isinstance(broker, RedisBroker):
+        if not isinstance(broker, SafeRedisBroker):
             return
         self._stop.clear()
         self._thread = threading.Thread(
@@ -41,29 +41,11 @@ class BrokerMaintenance(Middleware):
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         self._stop.set()
 
-    def _run(self, broker: RedisBroker) -> None:
+    def _run(self, broker: SafeRedisBroker) -> None:
         while not self._stop.wait(self.interval_ms / 1000):
             try:
-                run_maintenance(broker)
+                broker.run_maintenance()
             except Exception:
                 self.logger.warning(
                     "Broker maintenance failed; retrying in %d ms", self.interval_ms, exc_info=True
                 )
-
-
-def run_maintenance(broker: RedisBroker) -> None:
-    """One heartbeat + maintenance pass per declared queue (a read-only ``qsize`` dispatch)."""
-    dispatch = broker.scripts["dispatch"]
-    queues = {q for q in broker.get_declared_queues()} | {dq_name(q) for q in broker.get_declared_queues()}
-    for queue in sorted(queues):
-        args = [
-            "qsize",
-            current_millis(),
-            queue,
-            broker.broker_id,
-            broker.heartbeat_timeout,
-            broker.dead_message_ttl,
-            1,
-            broker._max_unpack_size(),
-        ]
-        dispatch(keys=[broker.namespace], args=args)
