@@ -135,6 +135,8 @@ def test_broker_redis_restart_mid_run(tmp_path: Path) -> None:
                 assert errors >= 1 and restarts >= 1  # the consumers felt the outage and reconnected
                 # what they held under the old broker id came back through maintenance
                 assert log_lines(worker, "abandoned for") >= 1
+                # the wake subscription broke too, and the consumers polled until it was back
+                assert log_lines(worker, "Wake subscription lost") >= 1
                 assert worker.alive()  # by themselves: the process was never restarted
                 print(
                     f"\nbroker redis restart: {while_down}/{TOTAL} rows while down; {errors} consumer "

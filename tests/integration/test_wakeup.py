@@ -40,3 +40,22 @@ def test_an_idle_worker_is_woken_by_the_enqueue_not_by_its_poll(
         worker.stop()
     # Polling alone: each message waits for the rest of a 1-5 s sleep. Woken: milliseconds.
     assert max(waits) < 1.0, waits
+
+
+def test_a_full_consumer_fetches_again_on_the_ack_not_at_its_poll(
+    settings: Settings, app: App, conn: psycopg.Connection[Any], cats: dict[str, int], tmp_path: Path
+) -> None:
+    """Prefetch 1: after each fetch the consumer is full, and the next message may be fetched only
+    once the first is acked. The ack wakes it; sleeping its 5 s poll instead would take >= 10 s."""
+    one_at_a_time = msgspec.structs.replace(settings, worker_idle_poll_ms=IDLE_POLL_MS, worker_prefetch=1)
+    worker = WorkerProcess(one_at_a_time, tmp_path / "worker.log", threads=1)
+    try:
+        worker.wait_ready()
+        ids = data.add_expenses(conn, ["STARBUCKS", "WALMART", "UBER *TRIP"])
+        started = time.monotonic()
+        Producer(app.broker, batch_size=1).enqueue(ids)  # three messages at once
+        wait_for(lambda: data.count_rows(conn) == 3, timeout=30)
+        took = time.monotonic() - started
+    finally:
+        worker.stop()
+    assert took < 2.5, took
