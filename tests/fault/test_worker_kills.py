@@ -81,7 +81,14 @@ def test_kill9_workers_repeatedly_during_20k_expenses(tmp_path: Path) -> None:
         kills: list[dict[str, Any]] = []
         for n, share in enumerate((0.1, 0.3, 0.5, 0.7, 0.85), 1):
             wait_for(lambda s=share: categorized(conn)[0] >= s * total, timeout=120, what=f"{share:.0%}")
-            held = held_by(client, settings, heartbeat_ids(client, settings) - started)
+            # kill while it holds work: late in the run the queue can be empty for a while, the
+            # rest still held by the workers killed before, until their heartbeats expire
+            held = wait_for(
+                lambda s=started: held_by(client, settings, heartbeat_ids(client, settings) - s),
+                timeout=60,
+                interval=0.01,
+                what="the worker holding messages",
+            )
             worker.stop(signal.SIGKILL)
             rows_after = categorized(conn)[0]  # the kill came before this many rows
             kills.append({"rows": rows_after, "held": held})
