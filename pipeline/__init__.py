@@ -10,7 +10,7 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.normalize import normalize_merchant
-from pipeline.settings import Settings
+from pipeline.settings import PipelineSettings
 
 __all__ = [
     "BatchReport",
@@ -19,7 +19,7 @@ __all__ = [
     "InvalidMessage",
     "InvalidPattern",
     "PermanentError",
-    "Settings",
+    "PipelineSettings",
     "SettingsError",
     "TransientError",
     "normalize_merchant",

@@ -7,10 +7,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from pipeline.settings import Settings
 from tests.support import data
 from tests.support.services import WorkerProcess, flush_namespace, isolated_settings
 from workers.app import App, build_app
+from workers.settings import Settings
 
 pytest_plugins = ["tests.support.cluster"]  # redis_cluster / redis_single fixtures
 

@@ -9,7 +9,6 @@ import msgspec
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from pipeline.settings import Settings
 from workers.actors import declare_actors
 from workers.broker import build_broker
 from workers.deliveries import DeliveryCounter, PostgresDeliveryCounter, RedisDeliveryCounter
@@ -19,6 +18,7 @@ from workers.middleware.failures import RecordFailures
 from workers.middleware.retries import SafeRetries
 from workers.redis_broker import SafeRedisBroker
 from workers.runtime import RuntimeHolder
+from workers.settings import Settings
 
 
 class App(msgspec.Struct, kw_only=True):

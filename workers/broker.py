@@ -14,12 +14,12 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from pipeline.settings import Settings
 from workers.encoder import MsgspecEncoder
 from workers.middleware.maintenance import BrokerMaintenance
 from workers.middleware.prometheus import FleetPrometheus
 from workers.middleware.retries import SafeRetries
 from workers.redis_broker import SafeRedisBroker
+from workers.settings import Settings
 
 
 def is_rabbitmq(settings: Settings) -> bool:

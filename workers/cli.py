@@ -10,9 +10,9 @@ from collections.abc import Iterator, Sequence
 from typing import TextIO
 
 from pipeline.errors import CatfleetError
-from pipeline.settings import Settings
 from workers import relay_cli, schema_cli
 from workers.dlq.cli import register as register_dlq
+from workers.settings import Settings
 
 
 def _read_ids(stream: TextIO) -> Iterator[int]:

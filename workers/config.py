@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import msgspec
 
 from pipeline.errors import SettingsError
-from pipeline.settings import Settings
+from workers.settings import Settings
 
 ENV_PREFIX = "CATFLEET_"
 

@@ -12,7 +12,8 @@ import psycopg
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
-from pipeline.settings import Settings, redact
+from pipeline.settings import redact
+from workers.settings import Settings
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric

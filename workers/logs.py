@@ -8,7 +8,8 @@ import time
 
 import msgspec
 
-from pipeline.settings import Settings, redact
+from pipeline.settings import redact
+from workers.settings import Settings
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 _encoder = msgspec.json.Encoder()

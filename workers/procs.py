@@ -15,8 +15,8 @@ from typing import IO
 import msgspec
 import redis
 
-from pipeline.settings import Settings
 from workers.config import ENV_PREFIX, env_name
+from workers.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import signal
 import threading
 from typing import Any
 
-from pipeline.settings import Settings
+from workers.settings import Settings
 
 
 def cmd_relay(settings: Settings, args: argparse.Namespace) -> int:

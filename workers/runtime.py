@@ -17,8 +17,8 @@ from pipeline.db import Database
 from pipeline.learning import Learner
 from pipeline.matcher import Thresholds
 from pipeline.resolver import PatternResolver
-from pipeline.settings import Settings
 from pipeline.stores import CategorizationStore, ExpenseStore, PatternStore
+from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 

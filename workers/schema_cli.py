@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.settings import Settings
+from workers.settings import Settings
 
 
 def cmd_schema(settings: Settings, args: argparse.Namespace) -> int:

@@ -12,8 +12,9 @@ import msgspec
 import psycopg
 
 from pipeline.queries import RULESET_VERSION
-from pipeline.settings import Settings, redact
+from pipeline.settings import redact
 from workers.health import CHECK_TIMEOUT_S
+from workers.settings import Settings
 
 
 class Status(msgspec.Struct, kw_only=True):

@@ -13,7 +13,6 @@ import psycopg
 import pytest
 import redis
 
-from pipeline.settings import Settings
 from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE, MAX_BATCH_IDS
 from tests.support import data
 from tests.support.broker import queue_state
@@ -21,6 +20,7 @@ from tests.support.data import categorized
 from tests.support.services import WorkerProcess, wait_for
 from workers.dlq import open_store
 from workers.dlq.base import DeadLetter, DeadLetterFilter
+from workers.settings import Settings
 
 pytestmark = pytest.mark.fault
 

@@ -17,13 +17,13 @@ import pytest
 from pipeline.cache import SharedTier
 from pipeline.cache.breaker import CLOSED, OPEN
 from pipeline.db import Database
-from pipeline.settings import Settings
 from tests.support import cache, data
 from tests.support.cluster import LocalRedis, LocalRedisCluster, LocalRedisServers
 from tests.support.scrape import Scrape, answers, get_json, scrape
 from tests.support.services import WorkerProcess, wait_for
 from workers.app import build_app
 from workers.producer import Producer
+from workers.settings import Settings
 
 pytestmark = pytest.mark.fault
 

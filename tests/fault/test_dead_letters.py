@@ -17,7 +17,6 @@ import redis
 from dramatiq.middleware import CurrentMessage
 
 from pipeline.errors import DatabaseUnavailable
-from pipeline.settings import Settings
 from tests.support import data
 from tests.support.broker import EMPTY, queue_state
 from tests.support.data import categorized
@@ -29,6 +28,7 @@ from workers.middleware.retries import SafeRetries
 from workers.procs import ROOT, settings_env
 from workers.producer import Producer
 from workers.redis_broker import SafeRedisBroker
+from workers.settings import Settings
 
 pytestmark = pytest.mark.fault
 

@@ -14,12 +14,12 @@ import pytest
 import redis
 
 from pipeline import outbox
-from pipeline.settings import Settings
 from tests.support import data
 from tests.support.broker import queued_messages
 from tests.support.servers import RedisServer
 from tests.support.services import RelayProcess, WorkerProcess, wait_for
 from workers.procs import free_port
+from workers.settings import Settings
 
 pytestmark = pytest.mark.fault
 

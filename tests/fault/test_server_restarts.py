@@ -17,7 +17,6 @@ import redis
 from dramatiq.common import dq_name
 
 from pipeline.migrate import migrate
-from pipeline.settings import Settings
 from schemas import CATEGORIZE_QUEUE, LEARN_QUEUE
 from tests.support import data
 from tests.support.broker import EMPTY, queue_state
@@ -27,6 +26,7 @@ from tests.support.services import WorkerProcess, isolated_settings, wait_for
 from workers.app import build_app
 from workers.failures import FailureRecord, RedisFailureLog
 from workers.producer import Producer
+from workers.settings import Settings
 
 pytestmark = pytest.mark.fault
 

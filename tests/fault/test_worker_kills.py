@@ -15,7 +15,6 @@ import pytest
 import redis
 from dramatiq.common import dq_name
 
-from pipeline.settings import Settings
 from schemas import CATEGORIZE_QUEUE, LEARN_QUEUE
 from tests.support import data
 from tests.support.broker import EMPTY, queue_state
@@ -25,6 +24,7 @@ from workers.app import build_app
 from workers.dlq import open_store
 from workers.procs import free_port
 from workers.producer import Producer
+from workers.settings import Settings
 
 pytestmark = pytest.mark.fault
 

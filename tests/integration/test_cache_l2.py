@@ -14,10 +14,10 @@ from redis.connection import AbstractConnection
 from pipeline.cache import LocalTier, SharedTier
 from pipeline.cache.shared import encode_entry
 from pipeline.db import Database
-from pipeline.settings import Settings
 from schemas import Pattern, PatternKind
 from tests.support import cache
 from tests.support.cluster import LocalRedis, LocalRedisCluster, LocalRedisServers
+from workers.settings import Settings
 
 P = Pattern(id=7, user_id=None, category_id=3, kind=PatternKind.MERCHANT, value="STARBUCKS", weight=0.95)
 RULE = Pattern(id=9, user_id=None, category_id=4, kind=PatternKind.KEYWORD, value="pizza", weight=0.8)

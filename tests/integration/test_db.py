@@ -13,8 +13,8 @@ import pytest
 
 from pipeline.db import IN_CALL_ATTEMPTS, Database
 from pipeline.errors import DatabaseConflict, DatabaseError
-from pipeline.settings import Settings
 from tests.support.services import wait_for
+from workers.settings import Settings
 
 Conn = psycopg.Connection[Any]
 

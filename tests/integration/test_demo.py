@@ -11,8 +11,8 @@ import uuid
 import msgspec
 
 from pipeline.dbadmin import drop_database, with_dbname
-from pipeline.settings import Settings
 from workers.procs import ROOT, settings_env
+from workers.settings import Settings
 
 
 def test_demo_sets_itself_up_categorizes_everything_and_prints_the_summary(settings: Settings) -> None:

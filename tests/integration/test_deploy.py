@@ -12,9 +12,9 @@ from typing import Any
 
 import yaml
 
-from pipeline.settings import Settings
 from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE
 from workers.procs import ROOT
+from workers.settings import Settings
 
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "k8s" / "base"

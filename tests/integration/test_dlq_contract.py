@@ -22,7 +22,6 @@ import redis
 from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL, RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
-from pipeline.settings import Settings
 from schemas import CATEGORIZE_QUEUE
 from tests.support.rabbit import rabbit_vhost
 from tests.support.services import wait_for
@@ -32,6 +31,7 @@ from workers.dlq.rabbitmq import RabbitmqDeadLetterStore
 from workers.failures import FailureRecord
 from workers.procs import ROOT, settings_env
 from workers.queues import DEAD_LETTER_ACTIONS_KEY, queue_stats
+from workers.settings import Settings
 
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 

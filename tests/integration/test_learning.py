@@ -14,9 +14,9 @@ from pipeline.categorize import Categorizer
 from pipeline.db import Database
 from pipeline.errors import ConflictingCorrection, PermanentError, UnknownCategory, UnknownExpense
 from pipeline.learning import DEACTIVATE_BELOW, WEAKEN_FACTOR, Learner, default_correction_key
-from pipeline.settings import Settings
 from schemas import Correction
 from tests.support import cache, data
+from workers.settings import Settings
 
 
 @pytest.fixture

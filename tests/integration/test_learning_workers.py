@@ -14,7 +14,6 @@ import msgspec
 import psycopg
 import redis
 
-from pipeline.settings import Settings
 from schemas import CATEGORIZE_QUEUE, LEARN_QUEUE
 from tests.support import data
 from tests.support.services import WorkerProcess, wait_for
@@ -22,6 +21,7 @@ from workers.app import App
 from workers.failures import RedisFailureLog
 from workers.procs import ROOT, free_port, settings_env
 from workers.producer import Producer
+from workers.settings import Settings
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,6 @@ from typing import Any
 import msgspec
 import psycopg
 
-from pipeline.settings import Settings
 from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE, LEARN_QUEUE
 from tests.support import data
 from tests.support.data import count_rows
@@ -26,6 +25,7 @@ from workers.middleware.prometheus import multiproc_dir
 from workers.procs import ROOT, settings_env
 from workers.producer import Producer
 from workers.queues import record_dead_letter_action
+from workers.settings import Settings
 
 ACTOR = {"queue_name": CATEGORIZE_QUEUE, "actor_name": CATEGORIZE_ACTOR}
 WRITTEN_OUTCOMES = ("categorized", "suggested", "uncategorized")

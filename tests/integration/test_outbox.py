@@ -15,7 +15,6 @@ import pytest
 
 from pipeline import outbox
 from pipeline.errors import BrokerUnavailable
-from pipeline.settings import Settings
 from tests.support import data
 from tests.support.broker import queued_messages
 from tests.support.scrape import Scrape, scrape
@@ -24,6 +23,7 @@ from workers.app import App
 from workers.procs import free_port
 from workers.producer import Producer
 from workers.relay import Relay
+from workers.settings import Settings
 
 
 @pytest.fixture

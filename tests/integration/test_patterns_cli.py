@@ -12,10 +12,10 @@ import pytest
 
 from pipeline.db import Database
 from pipeline.learning import Learner
-from pipeline.settings import Settings
 from schemas import Correction
 from tests.support import data
 from workers.procs import ROOT, settings_env
+from workers.settings import Settings
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

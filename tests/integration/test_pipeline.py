@@ -14,8 +14,8 @@ from pipeline.cache import LocalTier
 from pipeline.categorize import Categorizer
 from pipeline.db import Database
 from pipeline.matcher import USER_ENTRY_MAX
-from pipeline.settings import Settings
 from tests.support import cache, data
+from workers.settings import Settings
 
 
 class CountingCursor(psycopg.Cursor[Any]):

@@ -14,7 +14,6 @@ import pika
 import psycopg
 import pytest
 
-from pipeline.settings import Settings
 from schemas import CATEGORIZE_QUEUE
 from tests.support import data
 from tests.support.rabbit import rabbit_vhost
@@ -23,6 +22,7 @@ from tests.support.services import WorkerProcess, wait_for
 from workers.app import build_app
 from workers.procs import ROOT
 from workers.producer import Producer
+from workers.settings import Settings
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ from typing import Any
 import msgspec
 import psycopg
 
-from pipeline.settings import Settings
 from tests.support import data
 from tests.support.services import WorkerProcess, wait_for
 from workers.app import App
 from workers.producer import Producer
+from workers.settings import Settings
 
 IDLE_POLL_MS = 5_000
 

@@ -13,7 +13,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from pipeline.settings import Settings
 from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE
 from tests.support import data
 from tests.support.broker import dead_messages, queue_state
@@ -22,6 +21,7 @@ from tests.support.services import WorkerProcess, wait_for
 from workers.app import App
 from workers.failures import RedisFailureLog
 from workers.procs import ROOT
+from workers.settings import Settings
 
 NODE_DIR = ROOT / "tests" / "node"
 REDIS_CLI_MARKER = "# enqueue categorize_batch with redis-cli\n"

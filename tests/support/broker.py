@@ -7,8 +7,8 @@ from typing import Any
 
 import redis
 
-from pipeline.settings import Settings
 from schemas import CATEGORIZE_QUEUE
+from workers.settings import Settings
 
 
 def queued_messages(settings: Settings, queue: str = CATEGORIZE_QUEUE) -> list[dict[str, Any]]:

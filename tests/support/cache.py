@@ -17,11 +17,11 @@ from pipeline.categorize import Categorizer
 from pipeline.db import Database
 from pipeline.matcher import MerchantKey, Thresholds
 from pipeline.resolver import PatternResolver
-from pipeline.settings import Settings
 from pipeline.stores import CategorizationStore, ExpenseStore, PatternStore
 from schemas import Pattern
 from tests.support import data
 from workers.runtime import shared_tier
+from workers.settings import Settings
 
 KNOWN = ["PAYPAL *STARBUCKS 402935", "TST* WALMART STORE #4567", "UBER *TRIP HELP.UBER.COM", "SQ *JOE COFFEE"]
 

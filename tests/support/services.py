@@ -18,9 +18,10 @@ import redis
 
 from pipeline.cache.client import open_client
 from pipeline.dbadmin import create_database, drop_database
-from pipeline.settings import DEFAULT_DATABASE_URL, Settings
+from pipeline.settings import DEFAULT_DATABASE_URL
 from workers.config import settings_from_env
 from workers.procs import free_port, start_catfleet, start_workers, stop_workers, wait_ready
+from workers.settings import Settings
 
 T = TypeVar("T")
 

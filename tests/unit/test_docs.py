@@ -8,9 +8,9 @@ from pathlib import Path
 
 import msgspec
 
-from pipeline.settings import Settings
 from workers.cli import build_parser
 from workers.config import env_name
+from workers.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()

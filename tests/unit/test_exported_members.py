@@ -18,7 +18,7 @@ def test_pipeline_exports() -> None:
     assert sorted(pipeline.__all__) == sorted(
         [
             "BatchReport", "Categorizer", "CatfleetError", "InvalidMessage", "InvalidPattern", "PermanentError",
-            "SettingsError", "Settings", "TransientError", "normalize_merchant",
+            "SettingsError", "PipelineSettings", "TransientError", "normalize_merchant",
         ]
     )  # fmt: skip
 

@@ -6,9 +6,9 @@ import pytest
 from prometheus_client.core import GaugeMetricFamily
 
 from pipeline.categorize import BatchReport
-from pipeline.settings import Settings
 from workers import metrics
 from workers.health import Check, breaker_states
+from workers.settings import Settings
 
 
 def value(name: str, **labels: str) -> float:

@@ -14,9 +14,9 @@ from typing import Any
 
 import msgspec
 
-from pipeline.settings import Settings
 from workers.bench import cache, degraded, memory, relay, scenarios
 from workers.bench.env import BenchEnv, bench_env, write_results
+from workers.settings import Settings
 
 
 def _say(line: str) -> None:

@@ -16,10 +16,10 @@ import psycopg
 import redis
 
 from pipeline.dbadmin import create_database, dbname, drop_database
-from pipeline.settings import Settings
 from workers.app import App, build_app
 from workers.demo.data import load_demo_data
 from workers.procs import free_port, start_workers, stop_workers, wait_ready
+from workers.settings import Settings
 
 RESULTS_DIR = Path("bench-results")
 

@@ -35,8 +35,8 @@ import msgspec
 import psycopg
 
 from pipeline.dbadmin import create_database, dbname, drop_database
-from pipeline.settings import Settings
 from schemas import Correction
+from workers.settings import Settings
 
 #: Every row of the data set belongs to this user (one organisation).
 BENCH_USER = 1

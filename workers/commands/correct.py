@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from pipeline.settings import Settings
+from workers.settings import Settings
 
 
 def cmd_correct(settings: Settings, args: argparse.Namespace) -> int:

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from pipeline.settings import Settings
 from schemas import PatternKind
+from workers.settings import Settings
 
 if TYPE_CHECKING:  # the CLI starts without importing psycopg
     from pipeline.patterns import PatternAdmin

@@ -14,12 +14,12 @@ import psycopg
 import redis
 
 from pipeline.dbadmin import admin_url, create_database, dbname, with_dbname
-from pipeline.settings import Settings
 from workers.app import build_app
 from workers.config import env_name
 from workers.demo.data import load_demo_data
 from workers.procs import free_port, start_workers, stop_workers, wait_ready
 from workers.producer import Producer
+from workers.settings import Settings
 
 DEMO_NAMESPACE = "catfleet-demo"
 #: IDs that exist nowhere, sent along to show they are counted, not lost.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from redis import Redis
 
-from pipeline.settings import Settings
 from schemas import CATEGORIZE_QUEUE, LEARN_QUEUE
 from workers.dlq.base import ActionReport, DeadLetter, DeadLetterFilter, DeadLetterStore, PostgresAuditLog
 from workers.failures import LazyDatabase, PostgresFailureLog, RedisFailureLog
+from workers.settings import Settings
 
 #: Queues whose dead letters the RabbitMQ store looks at (a queue cannot be listed over AMQP).
 KNOWN_QUEUES = (CATEGORIZE_QUEUE, LEARN_QUEUE)

@@ -11,8 +11,8 @@ from typing import Any
 
 import msgspec
 
-from pipeline.settings import Settings
 from workers.dlq.base import ActionReport, DeadLetter, DeadLetterFilter
+from workers.settings import Settings
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -17,7 +17,7 @@ from typing import Any
 
 from dramatiq.middleware.prometheus import DB_PATH, Prometheus
 
-from pipeline.settings import Settings
+from workers.settings import Settings
 
 
 def multiproc_dir(settings: Settings) -> str:

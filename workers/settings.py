@@ -1,0 +1,102 @@
+"""Every knob of the fleet: the domain's (``pipeline.settings.PipelineSettings``) plus the
+broker, worker, retry, log, metrics and relay settings that belong to ``workers``. Built once
+from ``CATFLEET_*`` variables by ``workers.config.settings_from_env``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from pipeline.settings import PipelineSettings, Positive
+from schemas import MAX_BATCH_IDS
+
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+#: URL schemes a broker URL may have (each is served by one backend in ``workers.backends``).
+BROKER_SCHEMES = ("redis://", "rediss://", "amqp://", "amqps://", "memory://")
+
+
+class Settings(PipelineSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every knob of catfleet. Each field is set by ``CATFLEET_<FIELD NAME IN CAPITALS>``."""
+
+    #: ``redis://`` (default) or ``amqp://`` (RabbitMQ).
+    broker_url: str = DEFAULT_BROKER_URL
+    #: Redis broker key namespace; every producer and worker of a fleet must agree.
+    broker_namespace: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:{}-]{1,64}$")] = "dramatiq"
+    #: Redis broker: a process silent this long (ms) is dead; its unacked messages are re-queued.
+    broker_heartbeat_timeout_ms: Annotated[int, msgspec.Meta(ge=1_000, le=3_600_000)] = 15_000
+    #: Redis broker: per million broker calls, how many also run Dramatiq's maintenance pass.
+    broker_maintenance_chance: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 20_000
+    #: Redis broker: every worker process also heartbeats and runs maintenance this often (ms).
+    broker_maintenance_interval_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 5_000
+    #: IDs per message the producer sends (the schema's hard maximum is MAX_BATCH_IDS).
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_BATCH_IDS)] = 500
+    #: Worker processes and threads per process started by ``catfleet worker``.
+    worker_processes: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    worker_threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
+    #: Messages a worker process holds; 0: 2 x threads.
+    worker_prefetch: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
+    #: Longest sleep of an idle Redis consumer between polls (ms): with the wake-up below, how
+    #: late a message from a producer that does not publish (redis-cli, other languages) is seen.
+    worker_idle_poll_ms: Annotated[int, msgspec.Meta(ge=5, le=10_000)] = 1_000
+    #: Idle Redis consumers also wait on their queue's wake channel, which every catfleet enqueue
+    #: publishes to: a new message is fetched at once instead of at the next poll.
+    worker_wakeup: bool = True
+    #: Dramatiq retries across calls: how many, and the backoff window (ms).
+    max_retries: Annotated[int, msgspec.Meta(ge=0, le=50)] = 5
+    min_backoff_ms: Positive = 1_000
+    max_backoff_ms: Positive = 300_000
+    #: Longest a batch may run before it is interrupted and retried (ms).
+    time_limit_ms: Positive = 300_000
+    #: A failing message must reach the dead-letter queue within this long (ms); checked against
+    #: the worst case of retries x (time limit + jittered backoff).
+    retry_horizon_ms: Positive = 10_800_000
+    #: Deliveries of one message that end without an outcome (worker killed, OOM) before it is
+    #: dead-lettered.
+    max_deliveries: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    #: SIGTERM: how long (ms) in-flight batches may take to finish before the worker exits.
+    worker_shutdown_timeout_ms: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = 30_000
+    #: Log level and format (``json`` or ``text``).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    #: Metrics and health server of ``catfleet worker`` (one per host): port (0: off) and address.
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9191
+    metrics_host: str = "127.0.0.1"
+    #: Prometheus multiprocess directory, cleared at worker start; empty: a per-port temp dir.
+    metrics_dir: str = ""
+    #: Outbox relay (``catfleet relay``): requests claimed per transaction, the safety-net poll
+    #: interval (s) behind LISTEN/NOTIFY, how long sent requests are kept (s), and the port of
+    #: its Prometheus endpoint (0: none).
+    relay_claim_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 5_000
+    relay_poll_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    relay_retention_seconds: Annotated[int, msgspec.Meta(ge=0)] = 86_400
+    relay_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.min_backoff_ms > self.max_backoff_ms:
+            raise ValueError("min_backoff_ms must not exceed max_backoff_ms")
+        if self.worst_case_to_dead_letter_ms > self.retry_horizon_ms:
+            raise ValueError(
+                f"max_retries, backoff and time_limit_ms allow {self.worst_case_to_dead_letter_ms} ms "
+                f"before a failing message is dead-lettered, over retry_horizon_ms={self.retry_horizon_ms}"
+            )
+        if not self.broker_url:
+            raise ValueError("broker_url must not be empty")
+        if not self.broker_url.startswith(BROKER_SCHEMES):
+            raise ValueError("broker_url must start with " + ", ".join(BROKER_SCHEMES))
+
+    @property
+    def pool_size(self) -> int:
+        """Connections per worker process: ``database_pool_size``, or threads + 2."""
+        return self.database_pool_size or self.worker_threads + 2
+
+    @property
+    def worst_case_to_dead_letter_ms(self) -> int:
+        """Longest a message that always fails can take to reach the dead-letter queue: every
+        attempt runs into the time limit, every backoff gets Dramatiq's full jitter (up to 2x)."""
+        backoffs = sum(
+            min(2 * self.min_backoff_ms * 2**attempt, self.max_backoff_ms)
+            for attempt in range(self.max_retries)
+        )
+        return (self.max_retries + 1) * self.time_limit_ms + backoffs
