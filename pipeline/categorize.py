@@ -22,7 +22,7 @@ from pipeline.matcher import (
 from pipeline.normalize import merchant_keys, normalize_merchant
 from pipeline.resolver import PatternResolver
 from pipeline.rules import Hit
-from pipeline.stores import CategorizationStore, ExpenseStore, WriteMeta
+from pipeline.stores import CategorizationSink, ExpenseSource, WriteMeta
 from schemas import Expense, Outcome
 
 #: Decisions memoized per worker process (see ``Categorizer._decide``); cleared when full
@@ -47,9 +47,9 @@ class Categorizer:
     def __init__(
         self,
         *,
-        expenses: ExpenseStore,
+        expenses: ExpenseSource,
         resolver: PatternResolver,
-        writer: CategorizationStore,
+        writer: CategorizationSink,
         thresholds: Thresholds,
     ):
         self.expenses = expenses

@@ -31,17 +31,30 @@ IN_CALL_ATTEMPTS = 3
 _CONFLICTS = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
 
 
+def _diagnostics(exc: psycopg.Error) -> dict[str, str | None]:
+    """What PostgreSQL reported about ``exc``, as ``CatfleetError`` keywords (None where it said
+    nothing; a client-side error has only the SQLSTATE of its class, if any)."""
+    diag = exc.diag
+    return {
+        "sqlstate": diag.sqlstate or exc.sqlstate,
+        "constraint_name": diag.constraint_name,
+        "table_name": diag.table_name,
+        "column_name": diag.column_name,
+    }
+
+
 @contextmanager
 def translate_errors() -> Iterator[None]:
-    """Turn psycopg and pool errors into the project's tree, keeping the cause."""
+    """Turn psycopg and pool errors into the project's tree, keeping the cause and the server's
+    diagnostics (``sqlstate``, ``constraint_name``, ...)."""
     try:
         yield
     except _CONFLICTS as exc:
-        raise DatabaseConflict(str(exc).strip()) from exc
+        raise DatabaseConflict(str(exc).strip(), **_diagnostics(exc)) from exc
     except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
-        raise DatabaseUnavailable(str(exc).strip() or type(exc).__name__) from exc
+        raise DatabaseUnavailable(str(exc).strip() or type(exc).__name__, **_diagnostics(exc)) from exc
     except psycopg.Error as exc:
-        raise DatabaseError(str(exc).strip()) from exc
+        raise DatabaseError(str(exc).strip(), **_diagnostics(exc)) from exc
 
 
 retry_transient = retry(

@@ -4,7 +4,25 @@ from __future__ import annotations
 
 
 class CatfleetError(Exception):
-    """Root of every error catfleet raises on purpose."""
+    """Root of every error catfleet raises on purpose.
+
+    One translated from PostgreSQL keeps what the server reported: its ``sqlstate`` (e.g.
+    ``"23505"``) and, where there is one, the ``constraint_name``, ``table_name`` and
+    ``column_name``. Each is None when unknown."""
+
+    def __init__(
+        self,
+        *args: object,
+        sqlstate: str | None = None,
+        constraint_name: str | None = None,
+        table_name: str | None = None,
+        column_name: str | None = None,
+    ) -> None:
+        super().__init__(*args)
+        self.sqlstate = sqlstate
+        self.constraint_name = constraint_name
+        self.table_name = table_name
+        self.column_name = column_name
 
 
 class TransientError(CatfleetError):
@@ -45,6 +63,15 @@ class DatabaseConflict(TransientError):
 
 class DatabaseError(PermanentError):
     """PostgreSQL rejected the statement (a bug or bad data, not a blip)."""
+
+
+class MigrationError(PermanentError):
+    """A migration that cannot be applied: its SQL failed, it changed after it was applied, or its
+    file is bad. ``version`` is None when the file has no version."""
+
+    def __init__(self, message: str, *, version: int | None = None, **diagnostics: str | None) -> None:
+        super().__init__(message, **diagnostics)
+        self.version = version
 
 
 class CacheUnavailable(TransientError):

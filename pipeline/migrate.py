@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import re
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import msgspec
 import psycopg
 
 from pipeline.db import translate_errors
+from pipeline.errors import DatabaseError, MigrationError
 
 #: pg_advisory_lock key: 'catfleet' in ASCII.
 MIGRATION_LOCK_KEY = 0x63617466_6C656574 & 0x7FFFFFFFFFFFFFFF
@@ -28,18 +30,72 @@ class Migration(msgspec.Struct, frozen=True):
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
+    @property
+    def label(self) -> str:
+        return f"{self.version:04d}_{self.name}"
 
-def available() -> list[Migration]:
-    found = []
-    for entry in resources.files("schemas").joinpath("migrations").iterdir():
+
+def available(directory: Traversable | None = None) -> list[Migration]:
+    """The migrations in ``directory`` (default: ``schemas/migrations``), by version. A ``.sql``
+    file with a bad name, a version used twice or text that is not UTF-8 is a ``MigrationError``."""
+    root = resources.files("schemas").joinpath("migrations") if directory is None else directory
+    found: dict[int, Migration] = {}
+    for entry in root.iterdir():
+        if not entry.name.endswith(".sql"):
+            continue
         match = _NAME.match(entry.name)
-        if match:
-            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
-    return sorted(found, key=lambda m: m.version)
+        if not match:
+            raise MigrationError(f"{entry.name}: not a migration file name (NNNN_lower_snake_case.sql)")
+        version = int(match[1])
+        if version in found:
+            raise MigrationError(
+                f"{entry.name}: version {version:04d} is also {found[version].label}", version=version
+            )
+        try:
+            text = entry.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise MigrationError(f"{entry.name}: not UTF-8 (byte {exc.start})", version=version) from exc
+        found[version] = Migration(version, match[2], text)
+    return [found[v] for v in sorted(found)]
 
 
-def migrate(conn: psycopg.Connection[Any]) -> list[Migration]:
-    """Apply the pending migrations; returns those applied now. Idempotent."""
+def _failed(m: Migration, exc: DatabaseError) -> MigrationError:
+    """One line: the migration, the line of its file, the server's primary message and SQLSTATE."""
+    diag = exc.__cause__.diag if isinstance(exc.__cause__, psycopg.Error) else None
+    reason = (diag.message_primary if diag else None) or str(exc)
+    where = ""
+    if diag and diag.statement_position and diag.statement_position.isdigit():
+        line = m.sql[: int(diag.statement_position) - 1].count("\n") + 1
+        where = f" at line {line}"
+    code = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
+    return MigrationError(
+        f"migration {m.label} failed{where}: {' '.join(reason.split())}{code}",
+        version=m.version,
+        sqlstate=exc.sqlstate,
+        constraint_name=exc.constraint_name,
+        table_name=exc.table_name,
+        column_name=exc.column_name,
+    )
+
+
+def _apply(conn: psycopg.Connection[Any], m: Migration) -> None:
+    try:
+        with translate_errors(), conn.transaction():
+            conn.execute(m.sql.encode())
+            conn.execute(
+                "INSERT INTO catfleet_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                (m.version, m.name, m.checksum),
+            )
+    except DatabaseError as exc:  # the SQL was rejected; a lost connection or a deadlock stays transient
+        raise _failed(m, exc) from exc.__cause__
+
+
+def migrate(conn: psycopg.Connection[Any], *, directory: Traversable | None = None) -> list[Migration]:
+    """Apply the pending migrations; returns those applied now. Idempotent.
+
+    Raises ``MigrationError`` (with the ``version``; the ``sqlstate`` if PostgreSQL rejected the
+    SQL) for a failed migration, one changed after it was applied, or a bad file."""
+    pending = available(directory)
     with translate_errors():
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         try:
@@ -50,18 +106,18 @@ def migrate(conn: psycopg.Connection[Any]) -> list[Migration]:
             )
             done = dict(conn.execute("SELECT version, checksum FROM catfleet_migrations").fetchall())
             applied = []
-            for m in available():
+            for m in pending:
                 if m.version in done:
                     if done[m.version] != m.checksum:
-                        raise RuntimeError(f"migration {m.version:04d}_{m.name} changed after it was applied")
+                        raise MigrationError(
+                            f"migration {m.label} changed after it was applied (checksum"
+                            f" {m.checksum[:12]}, recorded {str(done[m.version])[:12]})",
+                            version=m.version,
+                        )
                     continue
-                with conn.transaction():
-                    conn.execute(m.sql.encode())
-                    conn.execute(
-                        "INSERT INTO catfleet_migrations (version, name, checksum) VALUES (%s, %s, %s)",
-                        (m.version, m.name, m.checksum),
-                    )
+                _apply(conn, m)
                 applied.append(m)
             return applied
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+            if not conn.closed:  # a lost connection released the lock; its error is the one to report
+                conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))

@@ -16,13 +16,13 @@ from pipeline.cache.base import Entry, PatternTier
 from pipeline.errors import CacheUnavailable
 from pipeline.matcher import MerchantKey
 from pipeline.rules import Ruleset
-from pipeline.stores import PatternStore
+from pipeline.stores import PatternSource
 
 log = logging.getLogger(__name__)
 
 
 class PatternResolver:
-    def __init__(self, source: PatternStore, tiers: Sequence[PatternTier]):
+    def __init__(self, source: PatternSource, tiers: Sequence[PatternTier]):
         self.source = source
         self.tiers = list(tiers)
         self._compiled: Ruleset | None = None

@@ -1,7 +1,10 @@
-"""Narrow store objects over PostgreSQL: each method is one statement, one round trip."""
+"""What the pipeline reads and writes: one abstract base per store, and their PostgreSQL
+implementations (each method one statement, one round trip). ``pipeline.memory`` has in-memory
+ones for tests."""
 
 from __future__ import annotations
 
+import abc
 import datetime as dt
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
@@ -22,7 +25,43 @@ class LoadedBatch(msgspec.Struct):
     user_owned: set[int]  # ids whose categorization the user chose
 
 
-class ExpenseStore:
+class ExpenseSource(abc.ABC):
+    """Where the expenses to categorize come from."""
+
+    @abc.abstractmethod
+    def load(self, ids: Sequence[int]) -> LoadedBatch:
+        """The live expenses among ``ids`` (unknown and deleted ones are left out), the current
+        ruleset version, and which of them the user already categorized."""
+
+    @abc.abstractmethod
+    def uncategorized_ids(self, user_id: int | None = None) -> list[int]:
+        """Live expenses with no categorization row at all (of one user, or all), in id order."""
+
+
+class PatternSource(abc.ABC):
+    """The source of truth for patterns (L3), behind the cache tiers."""
+
+    @abc.abstractmethod
+    def load_merchants(self, keys: Collection[MerchantKey]) -> dict[MerchantKey, tuple[Pattern, ...]]:
+        """An entry for every key asked, patterns in id order (empty: none match). ``(user, value)``
+        is the user's active merchant patterns for ``value`` (user 0: the global ones);
+        ``(user, USER_ENTRY)`` is all of the user's, at most ``USER_ENTRY_MAX + 1``."""
+
+    @abc.abstractmethod
+    def load_rules(self) -> tuple[int, tuple[Pattern, ...]]:
+        """The ruleset version and its active non-merchant patterns in id order, one snapshot."""
+
+
+class CategorizationSink(abc.ABC):
+    """Where decisions are written."""
+
+    @abc.abstractmethod
+    def upsert(self, decisions: Iterable[tuple[int, Decision]], meta: WriteMeta) -> set[int]:
+        """Write the decisions as source 'auto'; returns the ids whose row was inserted or changed.
+        A user's row, an identical repeat and a row of a newer ruleset version are left alone."""
+
+
+class ExpenseStore(ExpenseSource):
     def __init__(self, db: Database):
         self.db = db
 
@@ -65,7 +104,7 @@ def pattern_from_row(row: Sequence[Any]) -> Pattern:
     )
 
 
-class PatternStore:
+class PatternStore(PatternSource):
     """L3: the source of truth for patterns."""
 
     name = "l3"
@@ -104,7 +143,7 @@ class WriteMeta(msgspec.Struct, frozen=True, kw_only=True):
     enqueued_at: dt.datetime | None = None
 
 
-class CategorizationStore:
+class CategorizationStore(CategorizationSink):
     def __init__(self, db: Database):
         self.db = db
 

@@ -42,7 +42,7 @@ def app(settings: Settings) -> Iterator[App]:
     """The fleet's app (its broker is a producer here), closed afterwards."""
     a = build_app(settings)
     yield a
-    a.broker.close()
+    a.close()
 
 
 @pytest.fixture

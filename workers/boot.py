@@ -4,7 +4,7 @@ Settings are read from the environment here, at the edge, once per process.
 """
 
 from workers.config import settings_from_env
-from workers.middleware.prometheus import use_multiproc_dir
+from workers.multiproc import use_multiproc_dir
 
 settings = settings_from_env()
 if settings.metrics_port:

@@ -5,26 +5,26 @@ purges. Every host exports the same fleet-wide values: aggregate them with ``max
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
-import dramatiq
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from workers.queues import queue_stats, workers_seen
+from workers.backends.base import FLEET_QUEUES, Backend
 
 log = logging.getLogger(__name__)
 
 
 class BrokerCollector(Collector):
-    def __init__(self, broker: dramatiq.Broker):
-        self.broker = broker
+    def __init__(self, backend: Backend, queues: Sequence[str] = FLEET_QUEUES):
+        self.backend = backend
+        self.queues = queues
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         up = GaugeMetricFamily("catfleet_broker_up", "1 if the broker answered this scrape, else 0.")
         try:
-            stats = queue_stats(self.broker)
-            seen = workers_seen(self.broker)
+            stats = self.backend.queue_stats(self.queues)
+            seen = self.backend.workers_seen()
         except Exception as exc:  # a scrape must answer even when the broker does not
             log.warning("broker statistics unavailable: %s", exc)
             up.add_metric([], 0)
@@ -36,6 +36,11 @@ class BrokerCollector(Collector):
         ready = GaugeMetricFamily("catfleet_queue_messages", "Messages waiting in the queue.", labels=labels)
         delayed = GaugeMetricFamily(
             "catfleet_queue_delayed_messages", "Messages in the delay queue (retries, eta).", labels=labels
+        )
+        in_flight = GaugeMetricFamily(
+            "catfleet_queue_in_flight_messages",
+            "Messages fetched by a worker process and not yet acked (Redis and in-memory brokers).",
+            labels=labels,
         )
         dead = GaugeMetricFamily(
             "catfleet_queue_dead_letters", "Messages in the dead-letter queue.", labels=labels
@@ -55,11 +60,13 @@ class BrokerCollector(Collector):
             ready.add_metric([s.queue], s.ready)
             delayed.add_metric([s.queue], s.delayed)
             dead.add_metric([s.queue], s.dead)
+            if s.in_flight is not None:
+                in_flight.add_metric([s.queue], s.in_flight)
             replays.add_metric([s.queue], s.replayed)
             purges.add_metric([s.queue], s.purged)
             if s.oldest_age_s is not None or s.ready == 0:
                 age.add_metric([s.queue], s.oldest_age_s or 0.0)
-        yield from (ready, delayed, dead, age, replays, purges)
+        yield from (ready, delayed, in_flight, dead, age, replays, purges)
         if seen is not None:
             workers = GaugeMetricFamily(
                 "catfleet_broker_workers",

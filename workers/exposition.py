@@ -16,7 +16,7 @@ import logging
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
-from workers.middleware.prometheus import use_multiproc_dir
+from workers.multiproc import use_multiproc_dir
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +25,10 @@ class ExpositionServer(HTTPServer):
     """Single-threaded on purpose: scrapes and probes are rare, and the broker and database
     clients it uses are then never shared between threads."""
 
-    def __init__(self, address: tuple[str, int], *, settings: Any, broker: Any, registry: Any, workers: Any):
+    def __init__(self, address: tuple[str, int], *, settings: Any, backend: Any, registry: Any, workers: Any):
         super().__init__(address, _Handler)
         self.settings = settings
-        self.broker = broker
+        self.backend = backend
         self.registry = registry
         self.workers = workers  # the worker processes' metrics only (for the breaker state)
 
@@ -48,7 +48,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/healthz":
             self._send(200, "application/json", b'{"status":"ok"}')
         elif path == "/readyz":
-            ready = readiness(self.server.settings, self.server.broker, self.server.workers.collect())
+            ready = readiness(self.server.settings, self.server.backend, self.server.workers.collect())
             self._send(200 if ready.ready else 503, "application/json", msgspec.json.encode(ready))
         else:
             self._send(404, "text/plain", b"not found: try /metrics, /healthz or /readyz\n")
@@ -71,20 +71,20 @@ def serve() -> int:
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from workers.app import build_app
+    from workers.backends import backend_for
     from workers.collector import BrokerCollector
     from workers.config import settings_from_env
     from workers.logs import setup_logging
 
     settings = settings_from_env()
     setup_logging(settings)
-    app = build_app(settings)
+    backend = backend_for(settings)
     registry = CollectorRegistry()
     workers = MultiProcessCollector(registry, path=DB_PATH)
-    registry.register(BrokerCollector(app.broker))
+    registry.register(BrokerCollector(backend))
     try:
         server = ExpositionServer(
-            (HTTP_HOST, HTTP_PORT), settings=settings, broker=app.broker, registry=registry, workers=workers
+            (HTTP_HOST, HTTP_PORT), settings=settings, backend=backend, registry=registry, workers=workers
         )
     except OSError as exc:
         log.error("metrics server cannot listen on %s:%s: %s", HTTP_HOST, HTTP_PORT, exc)
@@ -94,28 +94,5 @@ def serve() -> int:
         server.serve_forever()
     finally:
         server.server_close()
-        app.broker.close()
+        backend.close()
     return 0
-
-
-def cmd_exporter(settings: Any, args: Any) -> int:
-    """``catfleet exporter``: the same server without workers (queue depths for a fleet scaled to
-    zero, or a scrape target apart from the workers). Execs a fresh interpreter so that the
-    multiprocess directory is set before prometheus_client is imported."""
-    import os
-    import sys
-
-    from workers.middleware.prometheus import metrics_env
-
-    if not settings.metrics_port:
-        raise SystemExit("catfleet exporter: CATFLEET_METRICS_PORT is 0 (metrics off)")
-    env = dict(os.environ, **metrics_env(settings))
-    argv = [sys.executable, "-c", "from workers.exposition import serve; raise SystemExit(serve())"]
-    sys.stdout.flush()
-    os.execve(sys.executable, argv, env)
-    return 0  # pragma: no cover
-
-
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser("exporter", help="serve /metrics (queue depths), /healthz, /readyz without workers")
-    p.set_defaults(func=cmd_exporter)

@@ -6,13 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-import dramatiq
 import msgspec
 import psycopg
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.brokers.redis import RedisBroker
 
-from pipeline.settings import redact
+from workers.backends.base import Backend, Check
 from workers.settings import Settings
 
 if TYPE_CHECKING:
@@ -20,11 +17,6 @@ if TYPE_CHECKING:
 
 #: Seconds a readiness check may take per dependency.
 CHECK_TIMEOUT_S = 2
-
-
-class Check(msgspec.Struct, kw_only=True, omit_defaults=True):
-    ok: bool
-    error: str | None = None
 
 
 class Readiness(msgspec.Struct, kw_only=True):
@@ -38,26 +30,12 @@ class Readiness(msgspec.Struct, kw_only=True):
         return self.status != "unready"
 
 
-def check_broker(broker: dramatiq.Broker) -> Check:
-    try:
-        if isinstance(broker, RedisBroker):
-            broker.client.ping()
-        elif isinstance(broker, RabbitmqBroker):
-            import pika
-
-            params = broker.parameters
-            pika.BlockingConnection(params[0] if isinstance(params, list) else params).close()
-    except Exception as exc:
-        return Check(ok=False, error=redact(f"{type(exc).__name__}: {exc}")[:300])
-    return Check(ok=True)
-
-
 def check_database(settings: Settings) -> Check:
     try:
         with psycopg.connect(settings.database_url, connect_timeout=CHECK_TIMEOUT_S, autocommit=True) as conn:
             conn.execute("SELECT 1")
     except Exception as exc:
-        return Check(ok=False, error=redact(f"{type(exc).__name__}: {exc}")[:300])
+        return Check.failed(exc)
     return Check(ok=True)
 
 
@@ -71,8 +49,8 @@ def breaker_states(metrics: Iterable[Metric]) -> dict[str, int]:
     return states
 
 
-def readiness(settings: Settings, broker: dramatiq.Broker, metrics: Iterable[Metric]) -> Readiness:
-    b, d = check_broker(broker), check_database(settings)
+def readiness(settings: Settings, backend: Backend, metrics: Iterable[Metric]) -> Readiness:
+    b, d = backend.check(), check_database(settings)
     breaker = breaker_states(metrics)
     if not (b.ok and d.ok):
         status = "unready"

@@ -13,20 +13,30 @@ from workers.settings import Settings
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 _encoder = msgspec.json.Encoder()
+#: Longest string a log line carries per field (message, extra field, traceback): Dramatiq logs a
+#: failing message's whole payload, and a hostile one can be megabytes.
+MAX_FIELD_CHARS = 8_192
+
+
+def clip(text: str) -> str:
+    """``text`` redacted, cut to ``MAX_FIELD_CHARS`` (saying how much was cut) before redaction."""
+    if len(text) > MAX_FIELD_CHARS:
+        text = f"{text[:MAX_FIELD_CHARS]}… [{len(text) - MAX_FIELD_CHARS} more characters]"
+    return redact(text)
 
 
 def redact_value(value: object) -> object:
-    """``value`` with ``redact`` applied to every string in it (dict keys and values, list and
+    """``value`` with ``clip`` applied to every string in it (dict keys and values, list and
     tuple items); numbers, booleans and None as they are; anything else as its redacted ``str``."""
     if isinstance(value, str):
-        return redact(value)
+        return clip(value)
     if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, dict):
-        return {redact(str(k)): redact_value(v) for k, v in value.items()}
+        return {clip(str(k)): redact_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [redact_value(v) for v in value]
-    return redact(str(value))
+    return clip(str(value))
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,18 +49,19 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "msg": redact(record.getMessage()),
+            "msg": clip(record.getMessage()),
         }
         for key, value in vars(record).items():
             if key not in _RESERVED and not key.startswith("_"):
                 doc[key] = redact_value(value)
         if record.exc_info:
-            doc["exc"] = redact(self.formatException(record.exc_info))
+            doc["exc"] = clip(self.formatException(record.exc_info))
         return _encoder.encode(doc).decode()
 
 
 class RedactingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        record.msg, record.args = clip(record.getMessage()), None
         return redact(super().format(record))
 
 

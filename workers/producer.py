@@ -1,4 +1,4 @@
-"""The producer API: expense IDs in, batch messages out, pipelined where the broker allows."""
+"""The producer API: expense IDs in, batch messages out, batched as the broker's backend allows."""
 
 from __future__ import annotations
 
@@ -19,10 +19,7 @@ from schemas import (
     MAX_EXPENSE_ID,
     Correction,
 )
-from workers.redis_broker import SafeRedisBroker
-
-#: Messages sent per Redis pipeline (one round trip each).
-PIPELINE_MESSAGES = 200
+from workers.backends.base import BatchEnqueue
 
 
 class EnqueueReport(msgspec.Struct):
@@ -118,9 +115,10 @@ class Producer:
         )
 
     def send(self, messages: list[dramatiq.Message[Any]]) -> None:
-        if isinstance(self.broker, SafeRedisBroker):
-            for group in chunked(messages, PIPELINE_MESSAGES):
-                self.broker.enqueue_many(group)
-        else:  # RabbitMQ: publisher confirms, one by one
+        """In as few round trips as the broker allows (a backend's broker batches; any other
+        Dramatiq broker gets one ``enqueue`` per message)."""
+        if isinstance(self.broker, BatchEnqueue):
+            self.broker.enqueue_many(messages)
+        else:
             for message in messages:
                 self.broker.enqueue(message)

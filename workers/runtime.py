@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import dramatiq
 from dramatiq.middleware import Middleware
@@ -21,6 +22,15 @@ from pipeline.stores import CategorizationStore, ExpenseStore, PatternStore
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class ActorRuntime(Protocol):
+    """What the actors use of a worker process's resources."""
+
+    categorizer: Categorizer
+    learner: Learner
+
+    def close(self) -> None: ...
 
 
 class Runtime:
@@ -71,20 +81,22 @@ def shared_tier(settings: Settings) -> SharedTier:
 
 
 class RuntimeHolder(Middleware):
-    """Opens the Runtime in each worker process and hands it to the actors."""
+    """Opens the runtime in each worker process and hands it to the actors. ``open_runtime``:
+    how (default: a ``Runtime`` on the settings' PostgreSQL and cache; tests pass in-memory ones)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, open_runtime: Callable[[], ActorRuntime] | None = None):
         self.settings = settings
-        self._runtime: Runtime | None = None
+        self._open: Callable[[], ActorRuntime] = open_runtime or (lambda: Runtime(settings))
+        self._runtime: ActorRuntime | None = None
         self._lock = threading.Lock()
 
     @property
-    def runtime(self) -> Runtime:
+    def runtime(self) -> ActorRuntime:
         runtime = self._runtime
         if runtime is None:
             with self._lock:  # first use in this process: open it once
                 if self._runtime is None:
-                    self._runtime = Runtime(self.settings)
+                    self._runtime = self._open()
                 runtime = self._runtime
         return runtime
 

@@ -10,10 +10,9 @@ import msgspec
 
 from pipeline.settings import PipelineSettings, Positive
 from schemas import MAX_BATCH_IDS
+from workers.backends import SCHEMES, supports
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
-#: URL schemes a broker URL may have (each is served by one backend in ``workers.backends``).
-BROKER_SCHEMES = ("redis://", "rediss://", "amqp://", "amqps://", "memory://")
 
 
 class Settings(PipelineSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -83,8 +82,8 @@ class Settings(PipelineSettings, frozen=True, kw_only=True, forbid_unknown_field
             )
         if not self.broker_url:
             raise ValueError("broker_url must not be empty")
-        if not self.broker_url.startswith(BROKER_SCHEMES):
-            raise ValueError("broker_url must start with " + ", ".join(BROKER_SCHEMES))
+        if not supports(self.broker_url):
+            raise ValueError("broker_url must start with " + ", ".join(SCHEMES))
 
     @property
     def pool_size(self) -> int:

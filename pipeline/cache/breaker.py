@@ -16,6 +16,12 @@ failure count, trip, half-open, close, listeners), but the network call runs out
    that finishes after the breaker has left closed is not replayed (it cannot trip an open
    breaker again nor pass for the probe), and a probe that never reports back (its thread
    interrupted) stops holding the half-open slot after another reset timeout.
+
+Time comes from an injectable ``clock`` (``time.monotonic`` by default; tests pass a fake one).
+pybreaker's own reset-timeout check (``CircuitOpenState.before_call``, on ``datetime.now``) is
+never consulted: admission decides when the timeout has elapsed, on ``clock``, and moves
+pybreaker to half-open itself before the probe runs, and an outcome is only replayed into
+pybreaker while it is closed or half-open, never open.
 """
 
 from __future__ import annotations
@@ -94,8 +100,16 @@ class CacheBreaker:
     probe through after ``reset_seconds``, closes when that probe succeeds. Calls run
     concurrently; only the bookkeeping around them is serialized."""
 
-    def __init__(self, *, name: str = "l2", fail_max: int = 5, reset_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        name: str = "l2",
+        fail_max: int = 5,
+        reset_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.name = name
+        self._clock = clock  # seconds, monotonic: decides when the reset timeout has elapsed
         self.stats = BreakerStats()
         self._hooks: list[TransitionHook] = []
         # Held only for admission and for replaying an outcome into pybreaker, never around a
@@ -103,7 +117,7 @@ class CacheBreaker:
         self._gate = threading.Lock()
         self._probe: object | None = None  # the token of the half-open probe in flight
         self._probe_since = 0.0
-        self._opened_at = time.monotonic()  # when the breaker last opened (set by _transition)
+        self._opened_at = clock()  # when the breaker last opened (set by _transition)
         self._breaker = pybreaker.CircuitBreaker(
             fail_max=fail_max, reset_timeout=reset_seconds, name=name, listeners=[_Listener(self)]
         )
@@ -141,7 +155,7 @@ class CacheBreaker:
             state = self._breaker.current_state
             if state == CLOSED:
                 return None
-            now = time.monotonic()
+            now = self._clock()
             reset = self._breaker.reset_timeout
             # A probe that never settled (its thread was interrupted) stops counting after the
             # reset timeout, so the breaker cannot stay half-open for good.
@@ -177,7 +191,7 @@ class CacheBreaker:
 
     def _transition(self, old: str, new: str) -> None:
         if new == OPEN:
-            self._opened_at = time.monotonic()
+            self._opened_at = self._clock()
         self.stats.transition(old, new)
         level = logging.WARNING if new == OPEN else logging.INFO
         log.log(

@@ -18,6 +18,7 @@ from tests.support import data
 from tests.support.broker import queue_state
 from tests.support.data import categorized
 from tests.support.services import WorkerProcess, wait_for
+from workers.backends.redis.keys import RedisKeys
 from workers.dlq import open_store
 from workers.dlq.base import DeadLetter, DeadLetterFilter
 from workers.settings import Settings
@@ -44,10 +45,10 @@ def push(client: redis.Redis, settings: Settings, payload: bytes) -> str:
     rid = str(uuid.uuid4())
     if payload.startswith(b"{") and b'"options": {}' in payload:
         payload = payload.replace(b'"options": {}', f'"options": {{"redis_message_id": "{rid}"}}'.encode())
-    ns = settings.broker_namespace
+    keys = RedisKeys(settings.broker_namespace)
     with client.pipeline() as pipe:
-        pipe.hset(f"{ns}:{CATEGORIZE_QUEUE}.msgs", rid, payload)
-        pipe.rpush(f"{ns}:{CATEGORIZE_QUEUE}", rid)
+        pipe.hset(keys.messages(CATEGORIZE_QUEUE), rid, payload)
+        pipe.rpush(keys.queue(CATEGORIZE_QUEUE), rid)
         pipe.execute()
     return rid
 
@@ -122,8 +123,8 @@ def test_bad_input_catalogue(
             lambda: categorized(conn) == (len(good) + 1, len(good) + 1), timeout=60, what="the good batch"
         )
         wait_for(lambda: queue_state(settings)["dead"] == len(dead_expected), timeout=60, what="dead letters")
-        ns = settings.broker_namespace
-        dead_rids = {r.decode() for r in client.zrange(f"{ns}:{CATEGORIZE_QUEUE}.XQ", 0, -1)}
+        dead_key = RedisKeys(settings.broker_namespace).dead(CATEGORIZE_QUEUE)
+        dead_rids = {r.decode() for r in client.zrange(dead_key, 0, -1)}
         assert dead_rids == {rid for rid, _ in dead_expected.values()}
         # still working: a later good message is processed by the same worker process
         [late] = data.add_expenses(conn, ["WALMART"])

@@ -232,7 +232,7 @@ def test_a_real_worker_uses_the_cluster_and_rides_out_its_outage(
             {"closed": 1, "half_open": 0, "open": 0},
         )
     finally:
-        app.broker.close()
+        app.close()
         worker.stop()
     log = worker.log().replace(" ", "")
     assert '"new_state":"open"' in log and '"new_state":"closed"' in log

@@ -22,12 +22,11 @@ from tests.support.broker import EMPTY, queue_state
 from tests.support.data import categorized
 from tests.support.services import WorkerProcess, isolated_settings, wait_for
 from workers.app import build_app
-from workers.failures import RedisFailureLog
+from workers.backends.redis import RedisFailureLog, RedisKeys, SafeRedisBroker
+from workers.harness.processes import ROOT, settings_env
 from workers.middleware.failures import RecordFailures
 from workers.middleware.retries import SafeRetries
-from workers.procs import ROOT, settings_env
 from workers.producer import Producer
-from workers.redis_broker import SafeRedisBroker
 from workers.settings import Settings
 
 pytestmark = pytest.mark.fault
@@ -114,7 +113,7 @@ def test_poison_batch_is_dead_lettered_then_replayed_once(tmp_path: Path) -> Non
             assert audit == [("replay", 1, [poison_mid])]
         finally:
             worker.stop()
-            app.broker.close()
+            app.close()
 
 
 def test_replay_killed_halfway_then_rerun_loses_and_duplicates_nothing(tmp_path: Path) -> None:
@@ -128,7 +127,7 @@ def test_replay_killed_halfway_then_rerun_loses_and_duplicates_nothing(tmp_path:
         conn.execute("INSERT INTO poison SELECT unnest(%s::bigint[])", (ids,))
         app = build_app(settings)
         mids = Producer(app.broker, batch_size=5).enqueue(ids).message_ids
-        app.broker.close()
+        app.close()
         worker = WorkerProcess(settings, tmp_path / "w.log", threads=4)
         try:
             wait_for(lambda: queue_state(settings)["dead"] == 40, timeout=60, what="40 dead letters")
@@ -173,7 +172,7 @@ def test_retry_whose_reenqueue_fails_is_dead_lettered_not_lost(settings: Setting
         namespace=settings.broker_namespace,
         middleware=[SafeRetries(max_retries=5, min_backoff=10, max_backoff=20), CurrentMessage()],
     )
-    failures = RedisFailureLog(broker.client, settings.broker_namespace)
+    failures = RedisFailureLog(broker.client, RedisKeys(settings.broker_namespace))
     broker.add_middleware(RecordFailures(failures), before=SafeRetries)
 
     @dramatiq.actor(broker=broker, queue_name=queue, actor_name="always_blips")
@@ -185,10 +184,10 @@ def test_retry_whose_reenqueue_fails_is_dead_lettered_not_lost(settings: Setting
     worker.start()
     try:
         client = broker.client
-        ns = settings.broker_namespace
-        wait_for(lambda: client.zcard(f"{ns}:{queue}.XQ") == 1, what="dead letter")
-        [rid] = client.zrange(f"{ns}:{queue}.XQ", 0, -1)
-        assert json.loads(client.hget(f"{ns}:{queue}.XQ.msgs", rid))["message_id"] == message.message_id
+        keys = RedisKeys(settings.broker_namespace)
+        wait_for(lambda: client.zcard(keys.dead(queue)) == 1, what="dead letter")
+        [rid] = client.zrange(keys.dead(queue), 0, -1)
+        assert json.loads(client.hget(keys.dead_messages(queue), rid))["message_id"] == message.message_id
         [record] = failures.history(message.message_id)
         assert record.dead and record.error_type == "DatabaseUnavailable"
     finally:
@@ -211,7 +210,7 @@ def test_sigterm_finishes_the_batch_in_flight_requeues_the_rest_and_exits_0(tmp_
         )
         app = build_app(settings)
         Producer(app.broker, batch_size=1).enqueue(ids)
-        app.broker.close()
+        app.close()
         worker = WorkerProcess(settings, tmp_path / "w.log", threads=1)
         wait_for(lambda: queue_state(settings)["queued"] <= 2, what="first batch in flight, one prefetched")
         time.sleep(0.5)

@@ -14,11 +14,13 @@ import pytest
 import redis
 
 from pipeline import outbox
+from schemas import CATEGORIZE_QUEUE
 from tests.support import data
 from tests.support.broker import queued_messages
 from tests.support.servers import RedisServer
 from tests.support.services import RelayProcess, WorkerProcess, wait_for
-from workers.procs import free_port
+from workers.backends.redis.keys import RedisKeys
+from workers.harness.processes import free_port
 from workers.settings import Settings
 
 pytestmark = pytest.mark.fault
@@ -128,7 +130,9 @@ def test_relay_killed_between_enqueue_and_commit_loses_nothing(
         )
         assert count(conn, "SELECT count(DISTINCT expense_id) FROM categorizations") == 1200
         client = redis.Redis.from_url(settings.broker_url)
-        assert client.zcard(f"{settings.broker_namespace}:categorize.XQ") == 0  # nothing dead-lettered
+        assert (
+            client.zcard(RedisKeys(settings.broker_namespace).dead(CATEGORIZE_QUEUE)) == 0
+        )  # nothing dead-lettered
         client.close()
     finally:
         second.stop()

@@ -13,7 +13,6 @@ from typing import Any
 import msgspec
 import psycopg
 import pytest
-import redis
 from dramatiq.common import dq_name
 
 from pipeline.migrate import migrate
@@ -24,7 +23,8 @@ from tests.support.data import bulk_expenses, categorized
 from tests.support.servers import own_postgres, own_redis
 from tests.support.services import WorkerProcess, isolated_settings, wait_for
 from workers.app import build_app
-from workers.failures import FailureRecord, RedisFailureLog
+from workers.backends import backend_for
+from workers.failures import FailureRecord
 from workers.producer import Producer
 from workers.settings import Settings
 
@@ -55,11 +55,11 @@ def wait_for_every_expense(conn: psycopg.Connection[Any], settings: Settings) ->
 
 def failures(settings: Settings, message_ids: list[str]) -> list[FailureRecord]:
     """Every failed attempt the workers recorded for these messages."""
-    client = redis.Redis.from_url(settings.broker_url)
+    backend = backend_for(settings)
     try:
-        histories = RedisFailureLog(client, settings.broker_namespace).histories(message_ids)
+        histories = backend.failures.histories(message_ids)
     finally:
-        client.close()
+        backend.close()
     return [r for records in histories.values() for r in records]
 
 
@@ -108,7 +108,7 @@ def test_postgres_restart_mid_run(tmp_path: Path) -> None:
             )
         finally:
             worker.stop()
-            app.broker.close()
+            app.close()
 
 
 def test_broker_redis_restart_mid_run(tmp_path: Path) -> None:
@@ -119,7 +119,7 @@ def test_broker_redis_restart_mid_run(tmp_path: Path) -> None:
             ids = bulk_expenses(conn, TOTAL)
             app = build_app(settings)
             Producer(app.broker, batch_size=BATCH).enqueue(ids)
-            app.broker.close()
+            app.close()
             worker = WorkerProcess(settings, tmp_path / "w.log", threads=2)
             try:
                 wait_for(lambda: categorized(conn)[0] >= TOTAL // 10, timeout=60, what="progress")

@@ -21,8 +21,9 @@ from tests.support.broker import EMPTY, queue_state
 from tests.support.data import bulk_expenses, categorized
 from tests.support.services import WorkerProcess, isolated_settings, wait_for
 from workers.app import build_app
+from workers.backends.redis.keys import RedisKeys
 from workers.dlq import open_store
-from workers.procs import free_port
+from workers.harness.processes import free_port
 from workers.producer import Producer
 from workers.settings import Settings
 
@@ -49,13 +50,13 @@ def recovery_bounds_s(settings: Settings) -> tuple[float, float]:
 
 def heartbeat_ids(client: redis.Redis, settings: Settings) -> set[str]:
     """Broker ids (one per worker process, and producers) that have heartbeated and not been reaped."""
-    return {b.decode() for b in client.zrange(f"{settings.broker_namespace}:__heartbeats__", 0, -1)}
+    return {b.decode() for b in client.zrange(RedisKeys(settings.broker_namespace).heartbeats, 0, -1)}
 
 
 def held_by(client: redis.Redis, settings: Settings, broker_ids: set[str]) -> int:
     """Messages these broker ids have fetched and not acked (every queue)."""
-    ns = settings.broker_namespace
-    return sum(client.scard(k) for b in broker_ids for k in client.scan_iter(f"{ns}:__acks__.{b}.*"))
+    keys = RedisKeys(settings.broker_namespace)
+    return sum(client.scard(k) for b in broker_ids for k in client.scan_iter(keys.acks_pattern(b)))
 
 
 def all_queues_empty(settings: Settings) -> bool:
@@ -76,7 +77,7 @@ def test_kill9_workers_repeatedly_during_20k_expenses(tmp_path: Path) -> None:
         worker = WorkerProcess(settings, tmp_path / "w0.log", processes=2, threads=2)
         worker.wait_ready()
         report = Producer(app.broker, batch_size=200).enqueue(ids)
-        app.broker.close()
+        app.close()
         assert report.messages == 100
         kills: list[dict[str, Any]] = []
         for n, share in enumerate((0.1, 0.3, 0.5, 0.7, 0.85), 1):
@@ -138,8 +139,8 @@ def test_recovery_after_kill9_and_delivery_limit(tmp_path: Path) -> None:
             )  # uncommitted: the worker's upsert of this expense waits on it
             app = build_app(settings)
             [mid] = Producer(app.broker, batch_size=10).enqueue([stuck]).message_ids
-            app.broker.close()
-            key = f"{settings.broker_namespace}:catfleet.deliveries:{mid}"
+            app.close()
+            key = RedisKeys(settings.broker_namespace).deliveries(mid)
 
             def deliveries() -> int:
                 return int(client.get(key) or 0)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 import redis
 
-from pipeline.settings import Settings
-from workers.procs import ROOT, settings_env
+from workers.harness.processes import ROOT, settings_env
+from workers.settings import Settings
 
 
 def bench(settings: Settings, tmp_path: Path, *args: str) -> dict[str, object]:
@@ -27,63 +30,219 @@ def bench(settings: Settings, tmp_path: Path, *args: str) -> dict[str, object]:
     )
     assert done.returncode == 0, f"bench {args[0]} exited {done.returncode}:\n{done.stderr[-4000:]}"
     doc = json.loads(out.read_text())
-    assert doc["machine"]["cpus"] >= 1
+    assert set(doc) == {"scenario", "started", "seconds", "machine", "settings", "result"}
+    assert doc["scenario"] == args[0] and doc["seconds"] >= 0
+    assert set(doc["machine"]) == {"cpus", "python", "platform"}
+    assert doc["machine"]["cpus"] == len(os.sched_getaffinity(0))  # the same host as this test
+    assert doc["settings"] == {"batch_size": settings.batch_size, "worker_threads": settings.worker_threads}
     return doc["result"]  # type: ignore[no-any-return]
 
 
+def assert_summary(s: Any, n: int) -> None:
+    """A ``summarize`` of ``n`` positive figures: its keys, count and order."""
+    assert set(s) == {"median", "min", "max", "n"} and s["n"] == n
+    assert 0 < s["min"] <= s["median"] <= s["max"]
+    if n == 1:
+        assert s["min"] == s["median"] == s["max"]
+
+
+def assert_percentiles(p: Any) -> None:
+    assert set(p) == {"p50_ms", "p95_ms", "p99_ms"}
+    assert 0 < p["p50_ms"] <= p["p95_ms"] <= p["p99_ms"]
+
+
 def test_throughput_runs_fleet_naive_and_floor(settings: Settings, tmp_path: Path) -> None:
-    result = bench(settings, tmp_path, "throughput", "--expenses", "600", "--naive", "40", "--reps", "1")
-    assert result["expenses"] == 600 and result["naive_expenses"] == 40
+    result: Any = bench(settings, tmp_path, "throughput", "--expenses", "600", "--naive", "40", "--reps", "1")
+    assert set(result) == {
+        "expenses",
+        "naive_expenses",
+        "processes",
+        "threads",
+        "batch_size",
+        "fleet_per_s",
+        "naive_per_s",
+        "floor_per_s",
+        "fleet_vs_naive",
+        "fleet_vs_floor",
+        "cpu_seconds_during_fleet_reps",
+    }
+    assert (result["expenses"], result["naive_expenses"], result["processes"]) == (600, 40, 2)
+    assert (result["threads"], result["batch_size"]) == (settings.worker_threads, settings.batch_size)
     for key in ("fleet_per_s", "naive_per_s", "floor_per_s"):
-        assert result[key]["median"] > 0  # type: ignore[index]
-    assert result["fleet_vs_naive"] > 0 and "workers" in result["cpu_seconds_during_fleet_reps"]  # type: ignore[operator]
+        assert_summary(result[key], 1)
+    fleet, naive, floor = (result[k]["median"] for k in ("fleet_per_s", "naive_per_s", "floor_per_s"))
+    assert result["fleet_vs_naive"] == round(fleet / naive, 1) > 0
+    assert result["fleet_vs_floor"] == round(fleet / floor, 3) > 0
+    cpu = result["cpu_seconds_during_fleet_reps"]
+    assert "workers" in cpu and set(cpu) <= {"workers", "postgresql", "redis", "bench (producer)", "other"}
+    assert all(seconds > 0 for seconds in cpu.values())  # only components that used the CPU
+
+
+def check_batch_size(result: Any, settings: Settings) -> None:
+    assert result.keys() == {"expenses", "processes", "sizes"}
+    assert (result["expenses"], result["processes"]) == (400, 2)
+    assert list(result["sizes"]) == ["50", "200"]  # JSON object keys, in the order given
+    for size in result["sizes"].values():
+        assert size.keys() == {"per_s", "batch_ms_p50", "batch_ms_p95"}
+        assert_summary(size["per_s"], 1)
+        assert 0 < size["batch_ms_p50"] <= size["batch_ms_p95"]  # from that size's batch log lines
+
+
+def check_latency(result: Any, settings: Settings) -> None:
+    assert result.keys() == {"seconds", "processes", "configs"}
+    assert (result["seconds"], result["processes"]) == (1.0, 2)
+    assert result["configs"].keys() == {"idle_poll_10ms_wakeup_off", "idle_poll_10ms_wakeup_on"}
+    for config in result["configs"].values():
+        assert list(config) == ["20/s"]
+        got = config["20/s"]
+        assert got.keys() == {"messages", "p50_ms", "p95_ms", "p99_ms"}
+        assert got["messages"] == 20  # 20/s for 1 s
+        assert 0 < got["p50_ms"] <= got["p95_ms"] <= got["p99_ms"]
+
+
+def check_scaling(result: Any, settings: Settings) -> None:
+    assert result.keys() == {"expenses", "shapes"}
+    assert result["expenses"] == 400 and list(result["shapes"]) == ["1p x 2t"]
+    shape = result["shapes"]["1p x 2t"]
+    assert shape.keys() == {"per_s", "per_process_per_s", "cpu_seconds"}
+    assert_summary(shape["per_s"], 1)
+    assert shape["per_process_per_s"] == round(shape["per_s"]["median"] / 1)
+    assert "workers" in shape["cpu_seconds"] and all(v > 0 for v in shape["cpu_seconds"].values())
+
+
+def check_cache(result: Any, settings: Settings) -> None:
+    assert result.keys() == {
+        "params",
+        "hit_rate_after_warmup",
+        "throughput_per_s",
+        "median_per_s",
+        "down_over_healthy",
+    }
+    assert result["params"] == {
+        "merchants": 300,
+        "expenses": 2000,
+        "users": 20,
+        "zipf": 1.1,
+        "batch": 500,
+        "reps": 1,
+        "l1_max_entries": settings.l1_max_entries,
+    }
+    rates = result["hit_rate_after_warmup"]
+    assert rates.keys() == {"lookups", "l1", "l2", "l3", "cache", "l2_of_l1_misses"}
+    assert isinstance(rates["lookups"], int) and rates["lookups"] > 0
+    # every L1 lookup ends in L1, L2 or L3 (shares rounded to 4 places)
+    assert abs(rates["l1"] + rates["l2"] + rates["l3"] - 1) <= 2e-4
+    assert abs(rates["cache"] - (rates["l1"] + rates["l2"])) <= 1e-4
+    assert rates["l2"] > 0 and 0 < rates["l2_of_l1_misses"] <= 1  # two L1s share one L2
+    speeds = result["throughput_per_s"]
+    assert speeds.keys() == {"healthy", "down"} and all(len(v) == 1 and v[0] > 0 for v in speeds.values())
+    assert result["median_per_s"] == {mode: v[0] for mode, v in speeds.items()}  # median of one rep
+    medians = result["median_per_s"]
+    assert result["down_over_healthy"] == pytest.approx(medians["down"] / medians["healthy"], rel=0.01)
+
+
+def check_relay(result: Any, settings: Settings) -> None:
+    assert result.keys() == {
+        "relays",
+        "processes",
+        "burst",
+        "relay_drain_per_s",
+        "end_to_end_per_s",
+        "trickle",
+        "relay_added",
+        "fleet",
+        "end_to_end",
+        "host_insert_commit_p50_ms",
+    }
+    assert (result["relays"], result["processes"], result["burst"]) == (1, 2, 300)  # a request per expense
+    assert result["trickle"] == {"samples": 5, "rate_per_s": 50.0}
+    assert result["relay_drain_per_s"] > 0 and result["end_to_end_per_s"] > 0
+    for key in ("relay_added", "end_to_end"):  # both on the database's clock
+        assert_percentiles(result[key])
+    assert result["fleet"].keys() == {"p50_ms", "p95_ms", "p99_ms"}
+    assert result["fleet"]["p50_ms"] <= result["fleet"]["p95_ms"] <= result["fleet"]["p99_ms"]
+    assert result["host_insert_commit_p50_ms"] > 0
 
 
 @pytest.mark.parametrize(
-    ("args", "key"),
+    ("args", "check"),
     [
-        (["batch-size", "--expenses", "400", "--sizes", "50,200", "--reps", "1"], "sizes"),
-        (["latency", "--rates", "20", "--seconds", "1", "--polls", "10", "--wakeup", "off,on"], "configs"),
-        (["scaling", "--expenses", "400", "--shapes", "1x2", "--reps", "1"], "shapes"),
-        (["cache", "--expenses", "2000", "--merchants", "300", "--reps", "1"], "hit_rate_after_warmup"),
-        (["relay", "--expenses", "300", "--samples", "5", "--rate", "50"], "relay_added"),
+        (["batch-size", "--expenses", "400", "--sizes", "50,200", "--reps", "1"], check_batch_size),
+        (
+            ["latency", "--rates", "20", "--seconds", "1", "--polls", "10", "--wakeup", "off,on"],
+            check_latency,
+        ),
+        (["scaling", "--expenses", "400", "--shapes", "1x2", "--reps", "1"], check_scaling),
+        (["cache", "--expenses", "2000", "--merchants", "300", "--reps", "1"], check_cache),
+        (["relay", "--expenses", "300", "--samples", "5", "--rate", "50"], check_relay),
     ],
+    ids=["batch-size", "latency", "scaling", "cache", "relay"],
 )
 def test_other_scenarios_produce_their_tables(
-    settings: Settings, tmp_path: Path, args: list[str], key: str
+    settings: Settings, tmp_path: Path, args: list[str], check: Callable[[Any, Settings], None]
 ) -> None:
-    result = bench(settings, tmp_path, *args)
-    assert result[key]
+    check(bench(settings, tmp_path, *args), settings)
 
 
 def test_memory_reports_rss_of_each_worker_process_idle_and_during_runs(
     settings: Settings, tmp_path: Path
 ) -> None:
     args = ["--expenses", "1500", "--patterns", "1000", "--reps", "2", "--idle", "1", "--processes", "2"]
-    result = bench(settings, tmp_path, "memory", *args)
-    assert result["params"]["distinct_merchants"] == 1500  # type: ignore[index]
-    assert result["params"]["merchant_entries_in_l2"] == 1000  # type: ignore[index]
+    result: Any = bench(settings, tmp_path, "memory", *args)
+    params = result["params"]
+    assert (params["expenses"], params["distinct_merchants"], params["merchant_patterns"]) == (
+        1500,
+        1500,
+        1000,
+    )
+    assert params["merchant_entries_in_l2"] == 1000  # every pattern pre-filled
+    assert (params["reps"], params["processes"], params["users"]) == (2, 2, 1000)
     pids = result["worker_pids"]
-    assert len(pids) == 2  # type: ignore[arg-type]
-    for pid in pids:  # type: ignore[attr-defined]
-        assert result["baseline_idle_mb"]["per_process"][str(pid)] > 10  # type: ignore[index]
-        peak = result["run_mb"]["per_process"][str(pid)]["peak"]  # type: ignore[index]
-        assert peak["n"] == 2 and peak["min"] <= peak["median"] <= peak["max"]
-    assert result["per_s"]["median"] > 0 and isinstance(result["flat"], bool)  # type: ignore[index]
+    assert len(pids) == len(set(pids)) == 2 and all(isinstance(pid, int) for pid in pids)
+    idle = result["baseline_idle_mb"]["per_process"]
+    assert set(idle) == {str(pid) for pid in pids} and all(mb > 10 for mb in idle.values())
+    assert result["baseline_idle_mb"]["sum"] == pytest.approx(sum(idle.values()), abs=0.15)
+    assert set(result["run_mb"]["per_process"]) == {str(pid) for pid in pids}
+    for pid in pids:
+        levels = result["run_mb"]["per_process"][str(pid)]
+        assert set(levels) == {"start", "peak", "end"}
+        for level in levels.values():
+            assert_summary(level, 2)
+        assert levels["peak"]["max"] >= max(levels["start"]["max"], levels["end"]["max"])
+    assert_summary(result["per_s"], 2)
+    assert isinstance(result["flat"], bool) and result["target_per_process_mb"] == 150.0
+    peak = result["peak_per_process_mb"]
+    assert peak == result["run_mb"]["max_per_process"]["peak"]["max"]  # the largest of any process and rep
+    assert result["meets_target"] == (peak <= 150.0 and result["flat"])
     assert _cache_keys(settings) == []  # its private L2 keys are gone
 
 
 def test_degraded_compares_healthy_and_down_runs_and_their_rows(settings: Settings, tmp_path: Path) -> None:
     args = ["--expenses", "2000", "--merchants", "300", "--reps", "1", "--processes", "1"]
     # 4 batches: a breaker opening after 2 failures opens in every down run
-    result = bench(msgspec.structs.replace(settings, breaker_fail_max=2), tmp_path, "degraded", *args)
+    result: Any = bench(msgspec.structs.replace(settings, breaker_fail_max=2), tmp_path, "degraded", *args)
     assert result["identical"] is True
     assert result["rows_differing_from_reference"] == {"healthy": [0], "down": [0]}
     assert result["breaker_opened"] == {"healthy": [False], "down": [True]}
+    params = result["params"]
+    assert (params["expenses"], params["merchants"], params["reps"], params["processes"]) == (2000, 300, 1, 1)
+    assert params["down_url"] == "redis://127.0.0.1:1/0"
     lookups = result["cache_lookups"]
-    assert lookups["healthy"]["l2_hit"] > 0 and "l2_error" not in lookups["healthy"]  # type: ignore[index]
-    assert lookups["down"]["l2_error"] > 0 and "l2_hit" not in lookups["down"]  # type: ignore[index]
-    assert result["down_over_healthy"] > 0
+    assert lookups["healthy"]["l2_hit"] > 0 and "l2_error" not in lookups["healthy"]
+    assert lookups["down"]["l2_error"] > 0 and "l2_hit" not in lookups["down"]
+    for counts in lookups.values():  # L2 is asked what L1 missed, L3 what L2 missed or failed on
+        l2_missed = counts.get("l2_miss", 0) + counts.get("l2_error", 0)
+        assert counts["l1_hit"] + counts["l1_miss"] > 0
+        assert counts.get("l2_hit", 0) + l2_missed == counts["l1_miss"]
+        assert counts.get("l3_hit", 0) + counts.get("l3_miss", 0) == l2_missed
+    runs = result["runs_per_s"]
+    assert runs.keys() == {"healthy", "down"} and all(len(v) == 1 and v[0] > 0 for v in runs.values())
+    for mode in ("healthy", "down"):
+        assert_summary(result["per_s"][mode], 1)
+        assert result["per_s"][mode]["median"] == runs[mode][0]
+    ratio = result["per_s"]["down"]["median"] / result["per_s"]["healthy"]["median"]
+    assert result["down_over_healthy"] == pytest.approx(ratio, rel=0.01)
+    assert result["target_ratio"] == 0.5 and isinstance(result["meets_target"], bool)
 
 
 def _cache_keys(settings: Settings) -> list[bytes]:

@@ -1,5 +1,7 @@
-"""The quality benchmark on a few generated rows: it runs end to end and cleans up (no quality or
-timing assertions: this keeps the command from rotting)."""
+"""The quality benchmark on a few generated rows: it runs end to end and cleans up (no timing
+assertions: this keeps the command from rotting). The rows are few and fully determined, so the
+report's counts are exact: a merchant corrected four times alike is auto-categorized, twice alike
+suggested; one whose labels disagree, or one never seen, gets nothing."""
 
 from __future__ import annotations
 
@@ -10,10 +12,10 @@ from pathlib import Path
 
 import psycopg
 
-from pipeline.dbadmin import admin_url
-from pipeline.settings import Settings
 from workers.bench.quality import default_split, read_rows, run_quality_bench
-from workers.procs import ROOT, settings_env
+from workers.harness.databases import admin_url
+from workers.harness.processes import ROOT, settings_env
+from workers.settings import Settings
 
 MERCHANTS = [
     ("tesco pfs 4471", "Transport:Fuel"),
@@ -51,10 +53,34 @@ def test_quality_bench_runs_on_generated_rows(settings: Settings, tmp_path: Path
 
     report = run_quality_bench(settings, path)
     assert (report.split_month, report.train_rows, report.test_rows) == ("2022-03", 20, 11)
-    assert report.corrections == 20 and report.learned_patterns == 5
+    assert (report.train_months, report.test_months) == (["2022-01", "2022-02"], ["2022-03"])
+    assert report.data == str(path) and report.categories == 4  # one per distinct label
+    assert report.corrections == 20  # every training row, once
+    assert report.learned_patterns == 5  # a merchant pattern per (merchant, label) pair
+    assert (report.auto_threshold, report.suggest_threshold) == (
+        settings.auto_threshold,
+        settings.suggest_threshold,
+    )
+    assert list(report.bands) == ["auto", "suggest", "none"]
     assert sum(b.rows for b in report.bands.values()) == report.test_rows
-    assert 0 <= report.auto_rate <= 1 and report.bands["auto"].rows > 0
-    assert [m.phase for m in report.months] == ["train", "train", "test"]
+    for name, band in report.bands.items():
+        assert band.share == round(band.rows / report.test_rows, 4) and 0 <= band.correct <= band.rows
+        expected = None if name == "none" or band.rows == 0 else round(band.correct / band.rows, 4)
+        assert band.precision == expected
+    assert abs(sum(b.share for b in report.bands.values()) - 1) <= 1.5e-4  # rounded to 4 places
+    # tesco, asda and bt (2 test rows each, 4 consistent corrections each): auto and right;
+    # amznmktplace (labels disagree, 4 rows) and the unseen refund shop (1 row): none
+    got = {name: (b.rows, b.correct, b.precision) for name, b in report.bands.items()}
+    assert got == {"auto": (6, 6, 1.0), "suggest": (0, 0, None), "none": (5, 0, None)}
+    assert (report.auto_rate, report.auto_precision) == (report.bands["auto"].share, 1.0) == (0.5455, 1.0)
+    assert report.meets_target is False  # 54.5 % auto is under the 75 % target
+    assert report.top_auto_errors == []  # every auto answer was right
+    assert [(m.month, m.phase, m.rows, m.auto_rate, m.auto_precision) for m in report.months] == [
+        ("2022-01", "train", 10, 0.0, None),  # nothing learned yet
+        ("2022-02", "train", 10, 0.0, None),  # two corrections per merchant: suggest, not auto
+        ("2022-03", "test", 11, 0.5455, 1.0),
+    ]
+    assert set(report.seconds) == {"load", "categorize", "learn"}
     assert bench_databases(settings) == existing  # the throwaway database is gone
 
     out = subprocess.run(
@@ -76,7 +102,15 @@ def test_quality_bench_runs_on_generated_rows(settings: Settings, tmp_path: Path
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert "auto-categorized" in out.stdout and "split month 2022-02" in out.stdout
+    lines = [line.strip() for line in out.stdout.splitlines()]
+    assert f"quality bench: {path}" in lines
+    assert "train: 10 labelled rows, 2022-01..2022-01 -> 10 corrections, 5 learned patterns" in lines
+    assert (
+        "test:  21 labelled rows, 2022-02..2022-03 (split month 2022-02; nothing learned from them)" in lines
+    )
+    # after January's two corrections per merchant: suggestions (all right), nothing automatic
+    assert "suggest     12   57.1 %    100.0 %" in lines and "auto         0    0.0 %          -" in lines
+    assert any(line.startswith("auto-categorized 0.0 % at - precision (MISSES the target") for line in lines)
     missing = subprocess.run(
         [sys.executable, "-m", "workers", "bench", "quality", "--data", str(tmp_path / "nope.csv")],
         env=settings_env(settings),
@@ -85,4 +119,5 @@ def test_quality_bench_runs_on_generated_rows(settings: Settings, tmp_path: Path
         text=True,
         timeout=60,
     )
-    assert missing.returncode != 0 and "no such file" in missing.stderr
+    assert missing.returncode == 1  # SystemExit with a message
+    assert missing.stderr.strip() == f"catfleet bench quality: no such file: {tmp_path / 'nope.csv'}"

@@ -10,8 +10,8 @@ import uuid
 
 import msgspec
 
-from pipeline.dbadmin import drop_database, with_dbname
-from workers.procs import ROOT, settings_env
+from workers.harness.databases import drop_database, with_dbname
+from workers.harness.processes import ROOT, settings_env
 from workers.settings import Settings
 
 

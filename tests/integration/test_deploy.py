@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE
-from workers.procs import ROOT
+from workers.harness.processes import ROOT
 from workers.settings import Settings
 
 DEPLOY = ROOT / "deploy"

@@ -1,4 +1,5 @@
-"""One contract suite for the dead-letter store, run against the real Redis and RabbitMQ brokers.
+"""One contract suite for the broker backends' dead-letter stores and queue statistics, run
+against the in-memory backend and the real Redis and RabbitMQ brokers.
 
 Dead letters are made the way Dramatiq makes them: enqueue, consume, nack."""
 
@@ -19,56 +20,51 @@ import pika
 import psycopg
 import pytest
 import redis
-from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL, RabbitmqBroker
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL
 
 from schemas import CATEGORIZE_QUEUE
 from tests.support.rabbit import rabbit_vhost
 from tests.support.services import wait_for
-from workers.dlq import open_store
-from workers.dlq.base import AUDIT_EVERY_S, DeadLetterFilter, DeadLetterStore
-from workers.dlq.rabbitmq import RabbitmqDeadLetterStore
-from workers.failures import FailureRecord
-from workers.procs import ROOT, settings_env
-from workers.queues import DEAD_LETTER_ACTIONS_KEY, queue_stats
+from workers.backends import backend_for
+from workers.backends.base import QueueStats
+from workers.backends.memory import MemoryBroker
+from workers.backends.redis import RedisKeys
+from workers.dlq.base import AUDIT_EVERY_S, DeadLetterFilter, PostgresAuditLog
+from workers.failures import FailureRecord, LazyDatabase
+from workers.harness.processes import ROOT, settings_env
 from workers.settings import Settings
 
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+KINDS = ["memory", "redis", "rabbitmq"]
 
 
 class Backend:
-    """A real broker with one private queue, and the dead-letter store in front of it.
-
-    With RabbitMQ the store looks at ``queue`` only (a private queue name on the shared vhost;
-    a fleet queue name is private only on a vhost of the test's own, ``rabbit_url``)."""
+    """A broker backend with one private queue, and its dead-letter store in front of it (audited
+    in the test database). With RabbitMQ the queue name is private on the shared vhost; a fleet
+    queue name is private only on a vhost of the test's own (``rabbit_url``)."""
 
     def __init__(self, kind: str, settings: Settings, *, rabbit_url: str = RABBIT_URL, queue: str = ""):
         self.kind = kind
         self.queue = queue or f"cftest_{uuid4().hex[:10]}"
         self.rabbit_url = rabbit_url
-        if kind == "redis":
-            self.settings = settings
-            self.broker: dramatiq.Broker = RedisBroker(
-                url=settings.broker_url, namespace=settings.broker_namespace
-            )
-            self.store: DeadLetterStore = open_store(settings)
-        else:
-            self.settings = msgspec.structs.replace(settings, broker_url=rabbit_url)
-            self.broker = RabbitmqBroker(url=rabbit_url, confirm_delivery=True)
-            self.store = open_store(self.settings)
-            assert isinstance(self.store, RabbitmqDeadLetterStore)
-            self.store.queue_names = [self.queue]
+        url = {"memory": "memory://", "redis": settings.broker_url, "rabbitmq": rabbit_url}[kind]
+        self.settings = msgspec.structs.replace(settings, broker_url=url)
+        self.backend = backend_for(self.settings)
+        assert self.backend.kind == kind
+        self.broker = self.backend.build_broker([])
+        self.database = LazyDatabase(settings.database_url, size=1)
+        self.store = self.backend.dead_letters(PostgresAuditLog(self.database), queues=[self.queue])
         self.broker.declare_queue(self.queue)
-        self.failures = self.store.failures
+        self.failures = self.backend.failures
+
+    def stats(self) -> QueueStats:
+        [found] = self.backend.queue_stats([self.queue])
+        assert found.queue == self.queue
+        return found
 
     def replayed_count(self) -> int:
-        """Replays counted for the metrics (kept in the broker's Redis; RabbitMQ keeps none)."""
-        if not isinstance(self.broker, RedisBroker):
-            return 0
-        raw = self.broker.client.hget(
-            f"{self.broker.namespace}:{DEAD_LETTER_ACTIONS_KEY}", f"{self.queue}:replayed"
-        )
-        return int(raw or 0)
+        """Replays counted for the metrics (kept in the broker's Redis; the others keep none)."""
+        return self.stats().replayed
 
     def message(self, ids: list[int], actor: str = "categorize_batch") -> dramatiq.Message[Any]:
         return dramatiq.Message(
@@ -116,16 +112,17 @@ class Backend:
 
     def close(self) -> None:
         self.store.close()
+        self.database.close()
         if self.kind == "rabbitmq":
             conn = pika.BlockingConnection(pika.URLParameters(self.rabbit_url))
             ch = conn.channel()
             for q in (self.queue, f"{self.queue}.DQ", f"{self.queue}.XQ"):
                 ch.queue_delete(q)
             conn.close()
-        self.broker.close()
+        self.backend.close()
 
 
-@pytest.fixture(params=["redis", "rabbitmq"])
+@pytest.fixture(params=KINDS)
 def backend(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Backend]:
     b = Backend(request.param, settings)
     yield b
@@ -213,6 +210,7 @@ def test_replay_by_id_resets_retries_keeps_ids_and_is_audited(backend: Backend, 
     assert row[1:3] == (backend.store.broker, "replay") and row[4:] == (False, 1, [back.message_id])
     assert row[3]["ids"] == [back.message_id]
     assert backend.replayed_count() == before + (1 if backend.kind == "redis" else 0)
+    assert backend.stats().dead == 1
 
 
 def test_replay_dry_run_limit_and_rate(backend: Backend) -> None:
@@ -247,10 +245,13 @@ def test_purge_by_filter_is_audited(backend: Backend, settings: Settings) -> Non
 def test_undecodable_dead_letter_is_listed_and_purgeable_not_replayable(backend: Backend) -> None:
     if backend.kind == "redis":
         client = redis.Redis.from_url(backend.settings.broker_url)
-        ns = backend.settings.broker_namespace
-        client.zadd(f"{ns}:{backend.queue}.XQ", {"rid-bad": time.time() * 1000})
-        client.hset(f"{ns}:{backend.queue}.XQ.msgs", "rid-bad", b"{not json")
+        keys = RedisKeys(backend.settings.broker_namespace)
+        client.zadd(keys.dead(backend.queue), {"rid-bad": time.time() * 1000})
+        client.hset(keys.dead_messages(backend.queue), "rid-bad", b"{not json")
         client.close()
+    elif backend.kind == "memory":
+        assert isinstance(backend.broker, MemoryBroker)
+        backend.broker.add_dead_letter(backend.queue, b"{not json")
     else:
         conn = pika.BlockingConnection(pika.URLParameters(backend.rabbit_url))
         channel = conn.channel()
@@ -317,15 +318,15 @@ def test_cli_list_show_replay_purge_json(redis_backend: Backend) -> None:
     assert json.loads(run("list", "--queue", q, "--json").stdout) == []
 
 
-def test_the_dead_letter_gauge_counts_them_on_either_broker(backend: Backend) -> None:
+def test_the_dead_letter_gauge_counts_them_on_every_broker(backend: Backend) -> None:
     """``catfleet_queue_dead_letters`` is read from ``queue_stats`` at scrape time: the Redis XQ's
-    size, or the RabbitMQ XQ's message count (a passive-equivalent declare)."""
+    size, the RabbitMQ XQ's message count (a passive-equivalent declare), the memory list."""
     msgs = [backend.message([i]) for i in (1, 2, 3)]
     for m in msgs:
         backend.kill(m)
 
     def dead() -> int:
-        return next(s.dead for s in queue_stats(backend.broker) if s.queue == backend.queue)
+        return backend.stats().dead
 
     wait_for(lambda: dead() == 3, what="three dead letters counted")
     backend.store.purge(DeadLetterFilter(ids=(msgs[0].message_id,)))
@@ -359,7 +360,7 @@ def test_a_replay_killed_halfway_leaves_its_audit_entry_up_to_date(kind: str, se
         first.communicate()
 
         def stats() -> tuple[int, int]:
-            found = next(s for s in queue_stats(backend.broker) if s.queue == backend.queue)
+            found = backend.stats()
             return found.ready, found.dead
 
         # RabbitMQ hands the killed session's unacked dead letters back to the XQ on its own time

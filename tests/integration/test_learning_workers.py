@@ -18,8 +18,9 @@ from schemas import CATEGORIZE_QUEUE, LEARN_QUEUE
 from tests.support import data
 from tests.support.services import WorkerProcess, wait_for
 from workers.app import App
-from workers.failures import RedisFailureLog
-from workers.procs import ROOT, free_port, settings_env
+from workers.backends.redis import RedisFailureLog
+from workers.backends.redis.keys import RedisKeys
+from workers.harness.processes import ROOT, free_port, settings_env
 from workers.producer import Producer
 from workers.settings import Settings
 
@@ -89,9 +90,9 @@ def test_correction_on_one_worker_changes_the_next_batch_on_another(
         assert bad.returncode == 0, bad.stderr
         client = redis.Redis.from_url(settings.broker_url)
         try:
-            xq = f"{settings.broker_namespace}:{LEARN_QUEUE}.XQ"
-            wait_for(lambda: client.zcard(xq) == 1, what="dead letter")
-            [payload] = client.hvals(f"{xq}.msgs")
+            keys = RedisKeys(settings.broker_namespace)
+            wait_for(lambda: client.zcard(keys.dead(LEARN_QUEUE)) == 1, what="dead letter")
+            [payload] = client.hvals(keys.dead_messages(LEARN_QUEUE))
         finally:
             client.close()
         message = json.loads(payload)

@@ -21,10 +21,10 @@ from tests.support.scrape import Scrape, answers, get_json, scrape
 from tests.support.servers import own_postgres
 from tests.support.services import WorkerProcess, log_events, wait_for
 from workers.app import App
-from workers.middleware.prometheus import multiproc_dir
-from workers.procs import ROOT, settings_env
+from workers.backends.memory import MemoryAuditLog
+from workers.harness.processes import ROOT, settings_env
+from workers.multiproc import multiproc_dir
 from workers.producer import Producer
-from workers.queues import record_dead_letter_action
 from workers.settings import Settings
 
 ACTOR = {"queue_name": CATEGORIZE_QUEUE, "actor_name": CATEGORIZE_ACTOR}
@@ -169,7 +169,8 @@ def test_queue_depth_follows_a_real_backlog_and_status_reports_it(
             what="oldest age grows",
         )
         assert scrape(port).value("catfleet_worker_processes") is None  # no workers on this host
-        record_dead_letter_action(app.broker.client, app.broker.namespace, CATEGORIZE_QUEUE, "replayed", 3)
+        for _ in range(3):  # what `catfleet dlq replay` counts per replayed letter
+            app.backend.dead_letters(MemoryAuditLog()).count("replay", CATEGORIZE_QUEUE)
         assert scrape(port).value("catfleet_dead_letter_replays_total", queue=CATEGORIZE_QUEUE) == 3
         status = status_json(env)
         queues = {q["queue"]: q for q in status["queues"]}
@@ -253,6 +254,6 @@ def test_readiness_follows_postgresql(settings: Settings, tmp_path: Path) -> Non
 
 def test_importing_the_workers_does_not_import_prometheus_client() -> None:
     """prometheus_client must be imported only after the multiprocess directory is set."""
-    code = "import sys, workers, workers.app, workers.cli, workers.exposition; print('prometheus_client' in sys.modules)"
+    code = "import sys, workers, workers.app, workers.commands, workers.exposition; print('prometheus_client' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

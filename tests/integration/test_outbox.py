@@ -20,7 +20,7 @@ from tests.support.broker import queued_messages
 from tests.support.scrape import Scrape, scrape
 from tests.support.services import RelayProcess, WorkerProcess, wait_for
 from workers.app import App
-from workers.procs import free_port
+from workers.harness.processes import free_port
 from workers.producer import Producer
 from workers.relay import Relay
 from workers.settings import Settings

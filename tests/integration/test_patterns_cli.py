@@ -14,7 +14,7 @@ from pipeline.db import Database
 from pipeline.learning import Learner
 from schemas import Correction
 from tests.support import data
-from workers.procs import ROOT, settings_env
+from workers.harness.processes import ROOT, settings_env
 from workers.settings import Settings
 
 

@@ -20,7 +20,7 @@ from tests.support.rabbit import rabbit_vhost
 from tests.support.readme import readme_block
 from tests.support.services import WorkerProcess, wait_for
 from workers.app import build_app
-from workers.procs import ROOT
+from workers.harness.processes import ROOT
 from workers.producer import Producer
 from workers.settings import Settings
 
@@ -59,7 +59,7 @@ def test_rabbitmq_fleet_categorizes_and_dead_letters(
         assert by_category == {cats["coffee"]: 10, cats["groceries"]: 10}
     finally:
         worker.stop()
-        app.broker.close()
+        app.close()
 
 
 def test_readme_pika_steps_enqueue_a_batch(

@@ -19,8 +19,8 @@ from tests.support.broker import dead_messages, queue_state
 from tests.support.readme import readme_block
 from tests.support.services import WorkerProcess, wait_for
 from workers.app import App
-from workers.failures import RedisFailureLog
-from workers.procs import ROOT
+from workers.backends.redis import RedisFailureLog
+from workers.harness.processes import ROOT
 from workers.settings import Settings
 
 NODE_DIR = ROOT / "tests" / "node"

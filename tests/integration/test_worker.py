@@ -15,7 +15,6 @@ import psycopg
 import pytest
 import redis
 
-from pipeline.settings import Settings
 from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE, MAX_BATCH_IDS
 from tests.support import data
 from tests.support.broker import EMPTY, dead_messages, queue_state, queued_messages
@@ -23,9 +22,11 @@ from tests.support.data import count_rows
 from tests.support.servers import own_redis
 from tests.support.services import WorkerProcess, log_events, wait_for
 from workers.app import App, build_app
-from workers.failures import RedisFailureLog
-from workers.procs import ROOT, settings_env
-from workers.producer import PIPELINE_MESSAGES, Producer
+from workers.backends.redis import RedisFailureLog
+from workers.backends.redis.broker import PIPELINE_MESSAGES
+from workers.harness.processes import ROOT, settings_env
+from workers.producer import Producer
+from workers.settings import Settings
 
 
 def raw_message(payload_args: list[Any], kwargs: dict[str, Any] | None = None) -> dramatiq.Message[Any]:
@@ -51,7 +52,7 @@ def test_enqueue_to_rows_through_a_real_worker(
     ).fetchall()
     assert got == [(cats["coffee"], 30, 2, "e2e-1"), (cats["groceries"], 30, 2, "e2e-1")]
     stored = conn.execute("SELECT DISTINCT correlation_id, message_id FROM categorizations").fetchall()
-    assert {c for c, _ in stored} == {"e2e-1"} and {m for _, m in stored} <= set(report.message_ids)
+    assert {c for c, _ in stored} == {"e2e-1"} and {m for _, m in stored} == set(report.message_ids)
     # One JSON line per batch: the producer's correlation id, the message, its size and outcomes.
     lines = wait_for(lambda: len(b := log_events(worker, "batch")) == 3 and b, what="3 batch log lines")
     assert sorted(line["message_id"] for line in lines) == sorted(report.message_ids)
@@ -63,10 +64,17 @@ def test_enqueue_to_rows_through_a_real_worker(
             "e2e-1",
         )
         assert sum(line["outcomes"].values()) == line["size"] and line["duration_ms"] > 0
-        assert line["cache"]["l1_hit"] + line["cache"]["l1_miss"] > 0  # lookups per tier and result
-        assert all(re.fullmatch(r"l[123]_(hit|miss|error)", k) and n >= 0 for k, n in line["cache"].items())
+        assert (line["written"], line["unchanged"]) == (line["outcomes"]["categorized"], 0)  # all new rows
+        cache = line["cache"]  # lookups per tier and result
+        assert all(re.fullmatch(r"l[123]_(hit|miss|error)", k) for k in cache)
+        l2_missed = cache.get("l2_miss", 0) + cache.get("l2_error", 0)
+        assert cache.get("l2_hit", 0) + l2_missed == cache["l1_miss"]  # L2 is asked what L1 missed
+        assert cache.get("l3_hit", 0) + cache.get("l3_miss", 0) == l2_missed  # L3 what L2 did not answer
     assert {k[:2] for line in lines for k in line["cache"]} >= {"l1", "l2"}  # L1's misses went on to L2
-    assert sorted(line["size"] for line in lines) == [11, 25, 25]
+    # L1 lookups: the user's own entry plus each distinct merchant key of the batch (one user):
+    # 25 x starbucks, 5 x starbucks + 20 x walmart, 10 x walmart + the missing id
+    lookups = sorted((line["size"], line["cache"]["l1_hit"] + line["cache"]["l1_miss"]) for line in lines)
+    assert lookups == [(11, 2), (25, 2), (25, 3)]
     assert sum(line["outcomes"].get("missing", 0) for line in lines) == 1
     assert sum(line["outcomes"].get("categorized", 0) for line in lines) == 60
 
@@ -85,6 +93,11 @@ def test_same_message_delivered_twice_gives_identical_rows(
     wait_for(lambda: count_rows(conn) == 4, what="marker")
     wait_for(lambda: worker.log().count('"event":"batch"') >= 3, what="replay processed")
     assert data.rows(conn)[:3] == before
+    batches = log_events(worker, "batch")
+    assert len(batches) == 3
+    first, replay = (b for b in batches if b["message_id"] == message.message_id)
+    assert (first["size"], first["written"], first["unchanged"]) == (3, 3, 0)
+    assert (replay["size"], replay["written"], replay["unchanged"]) == (3, 0, 3)  # nothing rewritten
 
 
 @pytest.mark.parametrize(
@@ -134,7 +147,7 @@ def test_malformed_message_is_dead_lettered_at_once_and_worker_goes_on(
     assert dead[0]["options"].get("retries", 0) == 0  # not retried
     assert isinstance(app.failures, RedisFailureLog)
     [record] = wait_for(lambda: app.failures.history(bad.message_id), what="failure record")
-    assert record.dead and record.error_type == "InvalidMessage"
+    assert record.dead is True and record.error_type == "InvalidMessage"
     assert reason in record.error
 
 
@@ -214,10 +227,11 @@ def test_cli_enqueue_one_users_uncategorized_then_a_file(
 
 def test_cli_enqueue_rejects_bad_ids(settings: Settings) -> None:
     out = enqueue_cli(settings, "--file", "-", stdin="12 13\nfourteen\n")
-    assert out.returncode != 0
-    assert "line 2: not an integer expense id: 'fourteen'" in out.stderr
+    assert out.returncode == 1  # SystemExit with a message: nothing enqueued
+    assert out.stderr.strip() == "catfleet enqueue: line 2: not an integer expense id: 'fourteen'"
     out = enqueue_cli(settings, "--user", "7")  # one user's expenses: only with --all-uncategorized
-    assert out.returncode != 0 and "--user only filters --all-uncategorized" in out.stderr
+    assert out.returncode == 1
+    assert out.stderr.strip() == "catfleet enqueue: --user only filters --all-uncategorized"
 
 
 def test_producer_pipelines_a_many_chunk_enqueue(
@@ -250,7 +264,7 @@ def test_producer_pipelines_a_many_chunk_enqueue(
                 app.broker.enqueue(message)  # Dramatiq's own enqueue: one message per round trip
             single = round_trips
         finally:
-            app.broker.close()
+            app.close()
         assert (report.messages, report.ids) == (1000, 2000)
         pipelines = -(-report.messages // PIPELINE_MESSAGES)
         print(

@@ -8,6 +8,7 @@ from typing import Any
 import redis
 
 from schemas import CATEGORIZE_QUEUE
+from workers.backends.redis.keys import RedisKeys
 from workers.settings import Settings
 
 
@@ -15,7 +16,7 @@ def queued_messages(settings: Settings, queue: str = CATEGORIZE_QUEUE) -> list[d
     """Every message still in the queue's hash (enqueued, not yet acked)."""
     client = redis.Redis.from_url(settings.broker_url)
     try:
-        return [json.loads(v) for v in client.hvals(f"{settings.broker_namespace}:{queue}.msgs")]
+        return [json.loads(v) for v in client.hvals(RedisKeys(settings.broker_namespace).messages(queue))]
     finally:
         client.close()
 
@@ -23,10 +24,10 @@ def queued_messages(settings: Settings, queue: str = CATEGORIZE_QUEUE) -> list[d
 def dead_messages(settings: Settings, queue: str = CATEGORIZE_QUEUE) -> list[dict[str, Any]]:
     """The queue's dead letters, oldest first."""
     client = redis.Redis.from_url(settings.broker_url)
-    ns = settings.broker_namespace
+    keys = RedisKeys(settings.broker_namespace)
     try:
-        rids = client.zrange(f"{ns}:{queue}.XQ", 0, -1)
-        payloads = client.hmget(f"{ns}:{queue}.XQ.msgs", rids) if rids else []
+        rids = client.zrange(keys.dead(queue), 0, -1)
+        payloads = client.hmget(keys.dead_messages(queue), rids) if rids else []
     finally:
         client.close()
     return [json.loads(p) for p in payloads if p]
@@ -35,15 +36,15 @@ def dead_messages(settings: Settings, queue: str = CATEGORIZE_QUEUE) -> list[dic
 def queue_state(settings: Settings, queue: str = CATEGORIZE_QUEUE) -> dict[str, int]:
     """Everything the Redis broker holds for a queue: live, delayed, unacked, dead."""
     client = redis.Redis.from_url(settings.broker_url)
-    ns = settings.broker_namespace
+    keys = RedisKeys(settings.broker_namespace)
     try:
-        acks = sum(client.scard(k) for k in client.scan_iter(f"{ns}:__acks__.*", count=1000))
+        acks = sum(client.scard(k) for k in client.scan_iter(keys.acks_pattern(), count=1000))
         return {
-            "queued": client.llen(f"{ns}:{queue}"),
-            "messages": client.hlen(f"{ns}:{queue}.msgs"),
-            "delayed": client.hlen(f"{ns}:{queue}.DQ.msgs"),
+            "queued": client.llen(keys.queue(queue)),
+            "messages": client.hlen(keys.messages(queue)),
+            "delayed": client.hlen(keys.delayed_messages(queue)),
             "unacked": acks,
-            "dead": client.zcard(f"{ns}:{queue}.XQ"),
+            "dead": client.zcard(keys.dead(queue)),
         }
     finally:
         client.close()

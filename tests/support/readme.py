@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from workers.procs import ROOT
+from workers.harness.processes import ROOT
 
 
 def readme_block(marker: str, lang: str = "sh") -> str:

@@ -18,9 +18,9 @@ from typing import Any
 import psycopg
 import redis
 
-from pipeline.dbadmin import create_database
 from tests.support.services import wait_for
-from workers.procs import stop_workers
+from workers.harness.databases import create_database
+from workers.harness.processes import stop_workers
 
 HOST = "127.0.0.1"
 

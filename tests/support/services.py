@@ -14,13 +14,13 @@ from uuid import uuid4
 
 import msgspec
 import psycopg
-import redis
 
 from pipeline.cache.client import open_client
-from pipeline.dbadmin import create_database, drop_database
 from pipeline.settings import DEFAULT_DATABASE_URL
+from workers.backends import backend_for
 from workers.config import settings_from_env
-from workers.procs import free_port, start_catfleet, start_workers, stop_workers, wait_ready
+from workers.harness.databases import create_database, drop_database
+from workers.harness.processes import free_port, start_catfleet, start_workers, stop_workers, wait_ready
 from workers.settings import Settings
 
 T = TypeVar("T")
@@ -60,11 +60,11 @@ def isolated_settings(**overrides: Any) -> Iterator[Settings]:
 
 
 def flush_namespace(settings: Settings) -> None:
-    if settings.broker_url.startswith("redis"):
-        client = redis.Redis.from_url(settings.broker_url)
-        for key in client.scan_iter(f"{settings.broker_namespace}:*", count=1000):
-            client.delete(key)
-        client.close()
+    backend = backend_for(settings)
+    try:
+        backend.flush()
+    finally:
+        backend.close()
 
 
 def flush_cache(settings: Settings) -> None:
@@ -92,7 +92,7 @@ def wait_for(
 
 class ChildProcess:
     """A ``catfleet`` command as a child process in its own process group (started by
-    workers.procs), its output in a log file."""
+    workers.harness.processes), its output in a log file."""
 
     def __init__(self, log_path: Path, start: Callable[[IO[bytes]], subprocess.Popen[bytes]]):
         self.log_path = log_path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -11,6 +12,19 @@ import pytest
 
 from pipeline.cache.breaker import CLOSED, HALF_OPEN, OPEN, CacheBreaker
 from pipeline.errors import CacheUnavailable
+
+
+class FakeClock:
+    """Monotonic seconds that only move when a test advances them."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 class Flaky:
@@ -66,20 +80,41 @@ def test_a_success_resets_the_consecutive_count() -> None:
 
 
 def test_half_open_probe_closes_on_success_and_reopens_on_failure() -> None:
-    breaker = CacheBreaker(fail_max=1, reset_seconds=0.05)
+    clock = FakeClock()
+    breaker = CacheBreaker(fail_max=1, reset_seconds=30, clock=clock)
     seen: list[tuple[str, str]] = []
     breaker.on_transition(lambda old, new: seen.append((old, new)))
     flaky = Flaky()
     with pytest.raises(CacheUnavailable):
         breaker.call(flaky)
-    time.sleep(0.1)
-    with pytest.raises(CacheUnavailable):  # the probe fails: open again
+    clock.advance(29.5)
+    with pytest.raises(CacheUnavailable):  # the reset timeout has not elapsed: refused, not run
         breaker.call(flaky)
-    assert breaker.state == OPEN
-    time.sleep(0.1)
+    assert flaky.calls == 1 and breaker.state == OPEN
+    clock.advance(0.5)  # exactly the reset timeout: one probe goes through
+    with pytest.raises(CacheUnavailable) as err:  # the probe fails: open again
+        breaker.call(flaky)
+    assert isinstance(err.value.__cause__, ConnectionError)
+    assert flaky.calls == 2 and breaker.state == OPEN
+    clock.advance(29.5)  # the new timeout counts from the re-opening, not the first opening
+    with pytest.raises(CacheUnavailable):
+        breaker.call(flaky)
+    assert flaky.calls == 2
+    clock.advance(0.5)
     flaky.healthy = True
     assert breaker.call(flaky) == "ok"
-    assert breaker.state == CLOSED
+    assert flaky.calls == 3 and breaker.state == CLOSED
+    assert breaker.stats.snapshot() == {
+        "calls": 3,
+        "failures": 2,
+        "rejected": 2,
+        "transitions": {
+            "closed->open": 1,
+            "open->half-open": 2,
+            "half-open->open": 1,
+            "half-open->closed": 1,
+        },
+    }
     assert seen == [
         (CLOSED, OPEN),
         (OPEN, HALF_OPEN),
@@ -87,6 +122,16 @@ def test_half_open_probe_closes_on_success_and_reopens_on_failure() -> None:
         (OPEN, HALF_OPEN),
         (HALF_OPEN, CLOSED),
     ]
+
+
+def test_the_default_clock_is_monotonic_time() -> None:
+    """Production breakers measure the reset timeout on time.monotonic (no wall-clock jumps)."""
+    assert inspect.signature(CacheBreaker).parameters["clock"].default is time.monotonic
+    breaker = CacheBreaker(fail_max=1, reset_seconds=3600)
+    with pytest.raises(CacheUnavailable):
+        breaker.call(Flaky())
+    with pytest.raises(CacheUnavailable):  # an hour has not passed on the real clock
+        breaker.call(lambda: "not run")
 
 
 def test_a_broken_hook_does_not_break_the_call() -> None:
@@ -164,19 +209,21 @@ def test_slow_failing_calls_overlap_and_still_trip_the_breaker() -> None:
     assert breaker.stats.snapshot()["failures"] == THREADS
 
 
-def _opened(reset_seconds: float) -> tuple[CacheBreaker, list[tuple[str, str]]]:
-    breaker = CacheBreaker(fail_max=1, reset_seconds=reset_seconds)
+def _opened(reset_seconds: float, clock: FakeClock) -> tuple[CacheBreaker, list[tuple[str, str]]]:
+    """A breaker opened by one failure, its reset timeout just elapsed on ``clock``."""
+    breaker = CacheBreaker(fail_max=1, reset_seconds=reset_seconds, clock=clock)
     seen: list[tuple[str, str]] = []
     breaker.on_transition(lambda old, new: seen.append((old, new)))
     with pytest.raises(CacheUnavailable):
         breaker.call(Flaky())
-    time.sleep(reset_seconds + 0.05)
+    clock.advance(reset_seconds)
     return breaker, seen
 
 
 @pytest.mark.parametrize("probe_succeeds", [True, False])
 def test_half_open_lets_exactly_one_probe_through_under_concurrency(probe_succeeds: bool) -> None:
-    breaker, seen = _opened(0.1)
+    clock = FakeClock()
+    breaker, seen = _opened(30, clock)
     in_probe, release = threading.Event(), threading.Event()
     ran: list[str] = []
 
@@ -212,14 +259,19 @@ def test_half_open_lets_exactly_one_probe_through_under_concurrency(probe_succee
     else:
         assert breaker.state == OPEN
         assert seen[1:] == [(OPEN, HALF_OPEN), (HALF_OPEN, OPEN)]
+        clock.advance(29.9)
         with pytest.raises(CacheUnavailable):  # open again for a full reset timeout
             breaker.call(lambda: "not run")
+        assert len(ran) == 1
+        clock.advance(0.1)
+        assert breaker.call(lambda: "ok") == "ok" and breaker.state == CLOSED
 
 
 def test_only_the_probe_decides_a_straggler_does_not() -> None:
     """A call let through while closed that returns after the breaker opened is not counted:
     its success does not close a half-open breaker, its failure does not re-open it."""
-    breaker = CacheBreaker(fail_max=1, reset_seconds=0.1)
+    clock = FakeClock()
+    breaker = CacheBreaker(fail_max=1, reset_seconds=30, clock=clock)
     straggler_in, straggler_go = threading.Event(), threading.Event()
     probe_in, probe_go = threading.Event(), threading.Event()
 
@@ -239,7 +291,7 @@ def test_only_the_probe_decides_a_straggler_does_not() -> None:
     assert straggler_in.wait(timeout=5)
     with pytest.raises(CacheUnavailable):  # another thread's failure opens it
         breaker.call(Flaky())
-    time.sleep(0.15)
+    clock.advance(30)
     probed: list[object] = []
 
     def probe_call() -> None:
@@ -261,13 +313,22 @@ def test_only_the_probe_decides_a_straggler_does_not() -> None:
 
 
 def test_a_probe_that_never_reports_back_does_not_hold_half_open_forever() -> None:
-    breaker, _ = _opened(0.1)
-    assert breaker._admit() is not None  # a probe admitted whose thread then died
+    clock = FakeClock()
+    breaker, _ = _opened(30, clock)
+    lost = breaker._admit()  # a probe admitted whose thread then died
+    assert lost is not None and breaker.state == HALF_OPEN
+    clock.advance(29.9)
     with pytest.raises(CacheUnavailable):
         breaker.call(lambda: "refused while that probe counts")
-    time.sleep(0.15)
+    assert breaker.stats.snapshot()["rejected"] == 1
+    clock.advance(0.1)  # a reset timeout after it was admitted, the lost probe stops counting
     assert breaker.call(lambda: "ok") == "ok"
     assert breaker.state == CLOSED
+    assert breaker.stats.snapshot()["transitions"] == {
+        "closed->open": 1,
+        "open->half-open": 1,
+        "half-open->closed": 1,
+    }
 
 
 def test_an_exception_keeps_its_own_traceback() -> None:

@@ -3,9 +3,9 @@ import argparse
 import pytest
 
 from pipeline.errors import SettingsError
+from workers.commands.args import duration
 from workers.config import settings_from_env
 from workers.dlq.base import DeadLetter, DeadLetterFilter, replay_payload
-from workers.dlq.cli import duration
 
 
 def test_retry_horizon_bounds_the_worst_case_to_the_dead_letter_queue() -> None:

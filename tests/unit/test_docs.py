@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgspec
 
-from workers.cli import build_parser
+from workers.commands import build_parser
 from workers.config import env_name
 from workers.settings import Settings
 

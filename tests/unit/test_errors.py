@@ -1,7 +1,9 @@
 """psycopg and pool errors become the project's transient or permanent errors, keeping the cause
-(``pipeline.db.translate_errors``: the one place it happens)."""
+(``pipeline.db.translate_errors``: the one place it happens), and the SQLSTATE with them."""
 
 from __future__ import annotations
+
+import pickle
 
 import psycopg
 import psycopg.errors
@@ -14,6 +16,7 @@ from pipeline.errors import (
     DatabaseConflict,
     DatabaseError,
     DatabaseUnavailable,
+    MigrationError,
     PermanentError,
     TransientError,
     UnknownExpense,
@@ -53,6 +56,8 @@ def test_driver_errors_become_project_errors_keeping_the_cause(
     assert type(translated) is expected
     assert translated.__cause__ is error
     assert str(translated) == str(error)
+    assert translated.sqlstate == error.sqlstate  # the class's code: these were not sent by a server
+    assert translated.constraint_name is None and translated.table_name is None
     branch = TransientError if expected in (DatabaseConflict, DatabaseUnavailable) else PermanentError
     assert isinstance(translated, branch)
 
@@ -67,3 +72,20 @@ def test_other_errors_pass_through_untouched(error: Exception) -> None:
     with pytest.raises(type(error)) as caught, translate_errors():
         raise error
     assert caught.value is error and caught.value.__cause__ is None
+
+
+def test_the_error_data_defaults_to_none_and_survives_pickling() -> None:
+    plain = UnknownExpense(7)
+    assert [plain.sqlstate, plain.constraint_name, plain.table_name, plain.column_name] == [None] * 4
+    error = DatabaseError("duplicate key", sqlstate="23505", constraint_name="categories_key_key")
+    copy = pickle.loads(pickle.dumps(error))
+    assert [str(copy), copy.sqlstate, copy.constraint_name, copy.table_name] == [
+        "duplicate key", "23505", "categories_key_key", None,
+    ]  # fmt: skip
+
+
+def test_a_migration_error_is_permanent_and_keeps_its_version() -> None:
+    error = MigrationError("migration 0007_x failed", version=7, sqlstate="42601")
+    assert isinstance(error, PermanentError)
+    assert [error.version, error.sqlstate, error.constraint_name] == [7, "42601", None]
+    assert pickle.loads(pickle.dumps(error)).version == 7

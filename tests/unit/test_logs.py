@@ -78,3 +78,24 @@ def test_a_password_in_a_traceback_is_redacted(logged: tuple[logging.Logger, io.
     [doc] = lines(stream)
     assert "s3cr3t" not in stream.getvalue()
     assert "RuntimeError: bad url postgresql://app:***@db:5432/catfleet" in doc["exc"]
+
+
+def test_a_huge_field_is_clipped_and_redaction_is_linear() -> None:
+    """Dramatiq logs a failing message's whole payload: a 10 MB field must cost milliseconds, not
+    minutes (redaction was quadratic: 2.7 s for 10,000 characters), and the line stays small."""
+    import logging
+    import time
+
+    from pipeline.settings import redact
+    from workers.logs import MAX_FIELD_CHARS, JsonFormatter
+
+    huge = "a" * 10_000_000
+    started = time.perf_counter()
+    for text in (huge, "a://" * 2_500_000, "x://u:" + huge, "'" * 10_000_000):
+        assert len(redact(text)) == len(text)  # nothing to hide, nothing changed
+    assert redact("password=" * 1_000_000) == "password=***"
+    record = logging.makeLogRecord({"msg": "Failed to process message %s", "args": (huge,), "payload": huge})
+    line = JsonFormatter().format(record)
+    assert time.perf_counter() - started < 10  # quadratic would be days
+    assert len(line) < 3 * MAX_FIELD_CHARS and "[9991808 more characters]" in line
+    assert redact("x postgresql://u:pw@h/db " + "a" * 50_000).startswith("x postgresql://u:***@h/db")

@@ -7,6 +7,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from pipeline.categorize import BatchReport
 from workers import metrics
+from workers.backends.memory import MemoryBackend
 from workers.health import Check, breaker_states
 from workers.settings import Settings
 
@@ -74,10 +75,10 @@ def test_an_open_breaker_degrades_and_a_dead_database_makes_unready(monkeypatch:
 
     family = GaugeMetricFamily("catfleet_cache_breaker_state", "", labels=["state"])
     family.add_metric(["open"], 1)
-    monkeypatch.setattr(health, "check_broker", lambda broker: Check(ok=True))
+    backend = MemoryBackend(Settings(broker_url="memory://"))
     monkeypatch.setattr(health, "check_database", lambda settings: Check(ok=True))
-    assert health.readiness(Settings(), None, [family]).status == "degraded"
-    assert health.readiness(Settings(), None, []).status == "ready"
+    assert health.readiness(Settings(), backend, [family]).status == "degraded"
+    assert health.readiness(Settings(), backend, []).status == "ready"
     monkeypatch.setattr(health, "check_database", lambda settings: Check(ok=False, error="down"))
-    r = health.readiness(Settings(), None, [family])
+    r = health.readiness(Settings(), backend, [family])
     assert (r.status, r.ready) == ("unready", False)

@@ -13,12 +13,11 @@ from uuid import uuid4
 
 import msgspec
 import psycopg
-import redis
 
-from pipeline.dbadmin import create_database, dbname, drop_database
 from workers.app import App, build_app
 from workers.demo.data import load_demo_data
-from workers.procs import free_port, start_workers, stop_workers, wait_ready
+from workers.harness.databases import create_database, dbname, drop_database
+from workers.harness.processes import free_port, start_workers, stop_workers, wait_ready
 from workers.settings import Settings
 
 RESULTS_DIR = Path("bench-results")
@@ -75,10 +74,13 @@ class BenchEnv:
                 stop_workers(proc)
 
     def flush_queues(self) -> None:
-        client = redis.Redis.from_url(self.settings.broker_url)
-        for key in client.scan_iter(f"{self.settings.broker_namespace}:*", count=1000):
-            client.delete(key)
-        client.close()
+        from workers.backends import backend_for
+
+        backend = backend_for(self.settings)
+        try:
+            backend.flush()
+        finally:
+            backend.close()
 
 
 @contextlib.contextmanager
@@ -103,7 +105,7 @@ def bench_env(settings: Settings, **overrides: Any) -> Iterator[BenchEnv]:
     finally:
         env.flush_queues()
         env.conn.close()
-        app.broker.close()
+        app.close()
         drop_database(settings.database_url, name)
 
 

@@ -19,7 +19,7 @@ from schemas import PatternKind
 from workers.app import build_app
 from workers.config import settings_from_env
 from workers.logs import setup_logging
-from workers.runtime import RuntimeHolder
+from workers.runtime import Runtime, RuntimeHolder
 
 NAIVE_ACTOR = "categorize_one_naive"
 NAIVE_QUEUE = "naive"
@@ -38,6 +38,7 @@ WHERE active AND (user_id IS NULL OR user_id = %s)
 def declare_naive_actor(broker: dramatiq.Broker, holder: RuntimeHolder) -> dramatiq.Actor[Any, Any]:
     def categorize_one_naive(expense_id: int) -> None:
         runtime = holder.runtime
+        assert isinstance(runtime, Runtime)  # the naive fleet reads PostgreSQL itself
         thresholds = Thresholds(runtime.settings.auto_threshold, runtime.settings.suggest_threshold)
         with runtime.db.connection() as conn:
             row = conn.execute(LOAD_ONE, (expense_id,)).fetchone()

@@ -34,8 +34,8 @@ from uuid import uuid4
 import msgspec
 import psycopg
 
-from pipeline.dbadmin import create_database, dbname, drop_database
 from schemas import Correction
+from workers.harness.databases import create_database, dbname, drop_database
 from workers.settings import Settings
 
 #: Every row of the data set belongs to this user (one organisation).

@@ -17,7 +17,7 @@ import psycopg
 
 from workers.bench.env import BenchEnv
 from workers.demo.data import generate_expenses, load_demo_data
-from workers.procs import start_catfleet, stop_workers
+from workers.harness.processes import start_catfleet, stop_workers
 
 TIMEOUT_S = 900
 INSERT_ONE = (

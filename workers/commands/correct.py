@@ -21,7 +21,7 @@ def cmd_correct(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"catfleet correct: {exc}") from None
     finally:
-        app.broker.close()
+        app.close()
     if args.json:
         print(
             json.dumps({"expense_id": correction.expense_id, "idempotency_key": correction.idempotency_key})

@@ -11,13 +11,12 @@ from typing import Any
 
 import msgspec
 import psycopg
-import redis
 
-from pipeline.dbadmin import admin_url, create_database, dbname, with_dbname
 from workers.app import build_app
 from workers.config import env_name
 from workers.demo.data import load_demo_data
-from workers.procs import free_port, start_workers, stop_workers, wait_ready
+from workers.harness.databases import admin_url, create_database, dbname, with_dbname
+from workers.harness.processes import free_port, start_workers, stop_workers, wait_ready
 from workers.producer import Producer
 from workers.settings import Settings
 
@@ -38,11 +37,15 @@ def check_services(settings: Settings) -> None:
             pass
     except psycopg.OperationalError as exc:
         raise SystemExit(f"PostgreSQL is not reachable at {env_name('database_url')}: {exc}") from None
-    if settings.broker_url.startswith("redis"):
-        try:
-            redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5).ping()
-        except redis.RedisError as exc:
-            raise SystemExit(f"Redis is not reachable at {env_name('broker_url')}: {exc}") from None
+    from workers.backends import backend_for
+
+    backend = backend_for(settings)
+    try:
+        check = backend.check()
+    finally:
+        backend.close()
+    if not check.ok:
+        raise SystemExit(f"The broker is not reachable at {env_name('broker_url')}: {check.error}")
 
 
 def _percentiles(conn: psycopg.Connection[Any]) -> tuple[float, float, float]:
@@ -86,7 +89,7 @@ def run_demo(settings: Settings, *, expenses: int, users: int, processes: int | 
             return _drive(app, demo, db_url, ids, live)
         finally:
             stop_workers(worker)
-            app.broker.close()
+            app.close()
             print("workers stopped (log: .demo/worker.log)")
 
 

@@ -1,40 +1,21 @@
-"""Dead-letter tooling: list, show, replay and purge, for the Redis and the RabbitMQ broker."""
+"""Dead-letter tooling: list, show, replay and purge, for every broker backend. The store
+contract and its shared logic are in ``workers.dlq.base``; each backend has its store."""
 
 from __future__ import annotations
 
-from redis import Redis
-
-from schemas import CATEGORIZE_QUEUE, LEARN_QUEUE
 from workers.dlq.base import ActionReport, DeadLetter, DeadLetterFilter, DeadLetterStore, PostgresAuditLog
-from workers.failures import LazyDatabase, PostgresFailureLog, RedisFailureLog
+from workers.failures import LazyDatabase
 from workers.settings import Settings
-
-#: Queues whose dead letters the RabbitMQ store looks at (a queue cannot be listed over AMQP).
-KNOWN_QUEUES = (CATEGORIZE_QUEUE, LEARN_QUEUE)
 
 
 def open_store(settings: Settings) -> DeadLetterStore:
-    """The store for the configured broker. Replays and purges are audited in PostgreSQL."""
+    """The configured broker's store. Replays and purges are audited in PostgreSQL."""
+    from workers.backends import backend_for
+
+    backend = backend_for(settings)
     database = LazyDatabase(settings.database_url, size=1)
-    audit = PostgresAuditLog(database)
-    if settings.broker_url.startswith(("amqp://", "amqps://")):
-        from workers.dlq.rabbitmq import RabbitmqDeadLetterStore
-
-        store: DeadLetterStore = RabbitmqDeadLetterStore(
-            settings.broker_url, KNOWN_QUEUES, failures=PostgresFailureLog(database), audit=audit
-        )
-        store.closers.append(database.close)
-        return store
-    from workers.dlq.redis import RedisDeadLetterStore
-
-    client = Redis.from_url(settings.broker_url)
-    store = RedisDeadLetterStore(
-        client,
-        settings.broker_namespace,
-        failures=RedisFailureLog(client, settings.broker_namespace),
-        audit=audit,
-    )
-    store.closers += [database.close, client.close]
+    store = backend.dead_letters(PostgresAuditLog(database))
+    store.closers += [database.close, backend.close]
     return store
 
 

@@ -240,7 +240,8 @@ class DeadLetterStore(abc.ABC):
         self, letters: list[DeadLetter], filter: DeadLetterFilter, limit: int | None
     ) -> list[DeadLetter]:
         now = now_ms()
-        chosen = sorted((x for x in letters if filter.matches(x, now)), key=lambda x: -x.died_at_ms)
+        # stores list oldest first: reversed, a stable sort keeps the later of two equal times first
+        chosen = sorted((x for x in reversed(letters) if filter.matches(x, now)), key=lambda x: -x.died_at_ms)
         return chosen[:limit] if limit is not None else chosen
 
     def describe(

@@ -42,10 +42,10 @@ def cmd_relay(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     finally:
         relay.close()
-        app.broker.close()
+        app.close()
 
 
-def add_parser(sub: Any) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser("relay", help="send committed categorization requests from the outbox to the broker")
     p.add_argument("--once", action="store_true", help="send what is pending now, then exit")
     p.set_defaults(func=cmd_relay)

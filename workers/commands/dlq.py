@@ -1,36 +1,21 @@
-"""``catfleet dlq list|show|replay|purge``: the dead-letter queue, for either broker."""
+"""``catfleet dlq list|show|replay|purge``: the dead-letter queue, for either broker
+(``workers.dlq.open_store``)."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
-import re
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from workers.dlq.base import ActionReport, DeadLetter, DeadLetterFilter
+from workers.commands.args import duration, positive_float
 from workers.settings import Settings
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
-_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def duration(text: str) -> float:
-    """``90``, ``90s``, ``15m``, ``2h``, ``7d`` -> seconds."""
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 15m, 2h, 7d)")
-    return float(match[1]) * _UNIT_S[match[2]]
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
+if TYPE_CHECKING:  # workers.dlq imports the broker clients
+    from workers.dlq.base import ActionReport, DeadLetter, DeadLetterFilter
 
 
 def register(sub: Any) -> None:
@@ -68,6 +53,8 @@ def register(sub: Any) -> None:
 
 
 def _filter(args: argparse.Namespace) -> DeadLetterFilter:
+    from workers.dlq.base import DeadLetterFilter
+
     return DeadLetterFilter(
         ids=tuple(getattr(args, "ids", ()) or ()),
         queue=args.queue,

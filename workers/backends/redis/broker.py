@@ -29,17 +29,16 @@ from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.message import Message
 from redis.exceptions import NoScriptError
 
+from workers.backends.redis.keys import RedisKeys
+from workers.dlq.base import canonical_queue
 from workers.failures import MAX_ERROR_CHARS, FailureLog, FailureRecord
 
 logger = logging.getLogger(__name__)
 
 #: Seconds a wake subscriber waits before it subscribes again after losing its connection.
 WAKE_RESUBSCRIBE_S = 1.0
-
-
-def wake_channel(namespace: str, queue_name: str) -> str:
-    """The channel an enqueue on ``queue_name`` publishes to (payload unused)."""
-    return f"{namespace}:wake:{queue_name}"
+#: Messages sent per pipeline by ``enqueue_many`` (one round trip each).
+PIPELINE_MESSAGES = 200
 
 
 class WakeSubscriber:
@@ -47,9 +46,9 @@ class WakeSubscriber:
     that sets the event of the queue it names. Started lazily by the first consumer, so it runs
     in the forked worker process, never in Dramatiq's main process."""
 
-    def __init__(self, client: redis.Redis, namespace: str):
+    def __init__(self, client: redis.Redis, keys: RedisKeys):
         self.client = client
-        self.prefix = wake_channel(namespace, "")
+        self.keys = keys
         self.events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="catfleet-wake", daemon=True)
@@ -63,11 +62,11 @@ class WakeSubscriber:
         while True:
             try:
                 pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-                pubsub.psubscribe(f"{self.prefix}*")
+                pubsub.psubscribe(self.keys.wake_pattern)
                 for item in pubsub.listen():
                     channel = item.get("channel")
                     if isinstance(channel, bytes):
-                        queue = channel.decode()[len(self.prefix) :]
+                        queue = self.keys.queue_of_wake(channel.decode())
                         with self._lock:
                             event = self.events.get(queue)
                         if event is not None:
@@ -81,14 +80,15 @@ class WakeSubscriber:
 
 
 class SafeRedisBroker(RedisBroker):
-    #: Where undecodable messages' reasons go (set by the app once its failure log exists).
-    failure_log: FailureLog | None = None
     _wake: WakeSubscriber | None = None
 
-    def __init__(self, *, wakeup: bool = True, **kwargs: Any):
+    def __init__(self, *, failure_log: FailureLog | None = None, wakeup: bool = True, **kwargs: Any):
         super().__init__(**kwargs)
+        #: Where undecodable messages' reasons go.
+        self.failure_log = failure_log
         #: False: consumers only poll (they still publish: other processes may listen).
         self.wakeup = wakeup
+        self.keys = RedisKeys(self.namespace)
         self._wake_lock = threading.Lock()
 
     @property
@@ -96,17 +96,19 @@ class SafeRedisBroker(RedisBroker):
         return _SafeRedisConsumer
 
     def enqueue_many(self, messages: list[Message[Any]]) -> None:
-        """What ``enqueue`` does per message (no delay), for the whole list in one round trip."""
-        prepared = []
-        for message in messages:
-            message = message.copy(options={"redis_message_id": str(uuid4())})
-            self.emit_before("enqueue", message, None)
-            prepared.append(message)
-        self._run_dispatch(
-            [("enqueue", m.queue_name, m.options["redis_message_id"], m.encode()) for m in prepared]
-        )
-        for message in prepared:
-            self.emit_after("enqueue", message, None)
+        """What ``enqueue`` does per message (no delay), in one round trip per
+        ``PIPELINE_MESSAGES`` messages."""
+        for start in range(0, len(messages), PIPELINE_MESSAGES):
+            prepared = []
+            for message in messages[start : start + PIPELINE_MESSAGES]:
+                message = message.copy(options={"redis_message_id": str(uuid4())})
+                self.emit_before("enqueue", message, None)
+                prepared.append(message)
+            self._run_dispatch(
+                [("enqueue", m.queue_name, m.options["redis_message_id"], m.encode()) for m in prepared]
+            )
+            for message in prepared:
+                self.emit_after("enqueue", message, None)
 
     def do_enqueue(self, queue_name: str, *args: Any) -> None:
         """``RedisBroker.enqueue``'s dispatch call (retries, delays, ``actor.send``), with its wake-up."""
@@ -136,7 +138,7 @@ class SafeRedisBroker(RedisBroker):
                     lead = self._dispatch_args(command, queue_name, maintenance=maintenance)
                     pipe.evalsha(sha, 1, self.namespace, *lead, *args)
                 for queue_name in {c[1] for c in pending if c[0] == "enqueue"}:
-                    pipe.publish(wake_channel(self.namespace, queue_name), b"")
+                    pipe.publish(self.keys.wake_channel(queue_name), b"")
                 results = pipe.execute(raise_on_error=False)[: len(pending)]
             errors = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)]
             if errors:
@@ -189,17 +191,16 @@ class SafeRedisBroker(RedisBroker):
             return threading.Event()
         with self._wake_lock:  # consumers are made by several consumer threads
             if self._wake is None:
-                self._wake = WakeSubscriber(self.client, self.namespace)
+                self._wake = WakeSubscriber(self.client, self.keys)
         return self._wake.event(queue_name)
 
     def dead_letter_undecodable(self, queue_name: str, data: bytes, error: DecodeError) -> str | None:
         """Move the unacked message of this process whose payload is ``data`` to the dead-letter
         queue; returns its Redis message id (None if it was not found)."""
-        acks = f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}"
-        rids = sorted(self.client.smembers(acks))
+        rids = sorted(self.client.smembers(self.keys.acks(self.broker_id, queue_name)))
         if not rids:
             return None
-        payloads = self.client.hmget(f"{self.namespace}:{queue_name}.msgs", rids)
+        payloads = self.client.hmget(self.keys.messages(queue_name), rids)
         for raw_rid, payload in zip(rids, payloads, strict=True):
             if payload == data:
                 rid = raw_rid.decode()
@@ -215,7 +216,7 @@ class SafeRedisBroker(RedisBroker):
             self.failure_log.record(
                 FailureRecord(
                     message_id=rid,  # the payload has no readable message id: use the Redis one
-                    queue_name=queue_name.removesuffix(".DQ"),
+                    queue_name=canonical_queue(queue_name),
                     actor_name="",
                     retries=0,
                     error_type="DecodeError",

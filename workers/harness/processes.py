@@ -1,4 +1,4 @@
-"""Starting and stopping ``catfleet worker`` child processes (the demo and the benchmarks)."""
+"""Starting and stopping ``catfleet`` child processes (the demo, the benchmarks and the tests)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import IO
 
 import msgspec
-import redis
 
 from workers.config import ENV_PREFIX, env_name
 from workers.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+#: The repository root (the directory holding ``workers``).
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -74,21 +74,24 @@ def start_workers(
 
 
 def wait_ready(settings: Settings, proc: subprocess.Popen[bytes], *, timeout: float = 60.0) -> None:
-    """Redis-broker workers heartbeat once they consume; RabbitMQ ones get a fixed grace."""
-    if not settings.broker_url.startswith("redis"):
-        time.sleep(3)
-        return
-    client = redis.Redis.from_url(settings.broker_url)
+    """Until a worker heartbeats where the broker keeps heartbeats (Redis); elsewhere a fixed
+    grace of 3 s."""
+    from workers.backends import backend_for
+
+    backend = backend_for(settings)
     deadline = time.monotonic() + timeout
     try:
-        while not client.zcard(f"{settings.broker_namespace}:__heartbeats__"):
+        if backend.workers_seen() is None:
+            time.sleep(3)
+            return
+        while not backend.workers_seen():
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited with code {proc.returncode}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"worker not ready after {timeout}s")
             time.sleep(0.05)
     finally:
-        client.close()
+        backend.close()
 
 
 def stop_workers(proc: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:

@@ -1,5 +1,6 @@
 """``catfleet bench SCENARIO``: builds its own database and broker namespace on the configured
-servers, runs real worker processes, prints a table and writes a JSON file."""
+servers, runs real worker processes, prints a table and writes a JSON file. The scenarios live in
+``workers.bench``; this module is their command line."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import msgspec
-
-from workers.bench import cache, degraded, memory, relay, scenarios
-from workers.bench.env import BenchEnv, bench_env, write_results
 from workers.settings import Settings
+
+if TYPE_CHECKING:  # the scenarios import psycopg and redis
+    from workers.bench.env import BenchEnv
+
+Runner = Callable[["BenchEnv", argparse.Namespace], dict[str, Any]]
 
 
 def _say(line: str) -> None:
@@ -37,70 +39,7 @@ def _shapes(text: str) -> list[tuple[int, int]]:
     return [(int(p), int(t)) for p, t in (s.split("x") for s in text.split(","))]
 
 
-RUNNERS: dict[str, Callable[[BenchEnv, argparse.Namespace], dict[str, Any]]] = {
-    "throughput": lambda env, a: scenarios.throughput(
-        env, expenses=a.expenses, naive=a.naive, reps=a.reps, processes=a.processes, say=_say
-    ),
-    "batch-size": lambda env, a: scenarios.batch_size(
-        env, expenses=a.expenses, sizes=a.sizes, reps=a.reps, processes=a.processes, say=_say
-    ),
-    "latency": lambda env, a: scenarios.latency(
-        env,
-        rates=a.rates,
-        seconds=a.seconds,
-        polls=a.polls,
-        wakeups=a.wakeup,
-        processes=a.processes,
-        say=_say,
-    ),
-    "scaling": lambda env, a: scenarios.scaling(
-        env, expenses=a.expenses, shapes=a.shapes, reps=a.reps, say=_say
-    ),
-    "profile": lambda env, a: scenarios.profile(env, expenses=a.expenses, say=_say),
-    "cache": lambda env, a: cache.cache(
-        env,
-        merchants=a.merchants,
-        expenses=a.expenses,
-        users=a.users,
-        zipf=a.zipf,
-        reps=a.reps,
-        batch=a.batch,
-        say=_say,
-    ),
-    "relay": lambda env, a: relay.relay(
-        env,
-        expenses=a.expenses,
-        relays=a.relays,
-        processes=a.processes,
-        samples=a.samples,
-        rate=a.rate,
-        say=_say,
-    ),
-    "memory": lambda env, a: memory.memory(
-        env,
-        expenses=a.expenses,
-        patterns=a.patterns,
-        users=a.users,
-        reps=a.reps,
-        processes=a.processes,
-        idle=a.idle,
-        interval=a.interval,
-        say=_say,
-    ),
-    "degraded": lambda env, a: degraded.degraded(
-        env,
-        expenses=a.expenses,
-        merchants=a.merchants,
-        users=a.users,
-        zipf=a.zipf,
-        reps=a.reps,
-        processes=a.processes,
-        say=_say,
-    ),
-}
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Any) -> None:
     parser = sub.add_parser("bench", help="benchmarks on the configured servers (a throwaway database)")
     scenarios_sub = parser.add_subparsers(dest="scenario", required=True)
 
@@ -178,8 +117,76 @@ def _memory_and_degraded(scenario: Callable[..., argparse.ArgumentParser]) -> No
     p.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of the merchant stream")
 
 
+def _runners() -> dict[str, Runner]:
+    from workers.bench import cache, degraded, memory, relay, scenarios
+
+    return {
+        "throughput": lambda env, a: scenarios.throughput(
+            env, expenses=a.expenses, naive=a.naive, reps=a.reps, processes=a.processes, say=_say
+        ),
+        "batch-size": lambda env, a: scenarios.batch_size(
+            env, expenses=a.expenses, sizes=a.sizes, reps=a.reps, processes=a.processes, say=_say
+        ),
+        "latency": lambda env, a: scenarios.latency(
+            env,
+            rates=a.rates,
+            seconds=a.seconds,
+            polls=a.polls,
+            wakeups=a.wakeup,
+            processes=a.processes,
+            say=_say,
+        ),
+        "scaling": lambda env, a: scenarios.scaling(
+            env, expenses=a.expenses, shapes=a.shapes, reps=a.reps, say=_say
+        ),
+        "profile": lambda env, a: scenarios.profile(env, expenses=a.expenses, say=_say),
+        "cache": lambda env, a: cache.cache(
+            env,
+            merchants=a.merchants,
+            expenses=a.expenses,
+            users=a.users,
+            zipf=a.zipf,
+            reps=a.reps,
+            batch=a.batch,
+            say=_say,
+        ),
+        "relay": lambda env, a: relay.relay(
+            env,
+            expenses=a.expenses,
+            relays=a.relays,
+            processes=a.processes,
+            samples=a.samples,
+            rate=a.rate,
+            say=_say,
+        ),
+        "memory": lambda env, a: memory.memory(
+            env,
+            expenses=a.expenses,
+            patterns=a.patterns,
+            users=a.users,
+            reps=a.reps,
+            processes=a.processes,
+            idle=a.idle,
+            interval=a.interval,
+            say=_say,
+        ),
+        "degraded": lambda env, a: degraded.degraded(
+            env,
+            expenses=a.expenses,
+            merchants=a.merchants,
+            users=a.users,
+            zipf=a.zipf,
+            reps=a.reps,
+            processes=a.processes,
+            say=_say,
+        ),
+    }
+
+
 def run_quality(settings: Settings, args: argparse.Namespace) -> int:
     """Runs the learning path and the Categorizer in-process on its own throwaway database."""
+    import msgspec
+
     from workers.bench.quality import format_report, run_quality_bench
 
     if not args.data.is_file():
@@ -193,9 +200,12 @@ def run_quality(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.bench.env import bench_env, write_results
+
+    runner = _runners()[args.scenario]
     started = time.time()
     with bench_env(settings) as env:
-        result = RUNNERS[args.scenario](env, args)
+        result = runner(env, args)
     doc = {
         "scenario": args.scenario,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),

@@ -1,4 +1,4 @@
-"""Bounded crash recovery for the Redis broker.
+"""Bounded crash recovery for the Redis broker (added to the fleet's middleware by the Redis backend).
 
 Dramatiq re-queues a dead process's unacked messages only in a maintenance pass that runs on a
 random fraction of broker calls, for the queue of that call, and a process refreshes its
@@ -19,7 +19,7 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import Middleware
 
-from workers.redis_broker import SafeRedisBroker
+from workers.backends.redis.broker import SafeRedisBroker
 
 
 class BrokerMaintenance(Middleware):

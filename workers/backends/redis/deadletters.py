@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import redis
 
-from workers.deliveries import RedisDeliveryCounter
+from workers.backends.redis.keys import RedisKeys
 from workers.dlq.base import (
     Action,
     AuditLog,
@@ -20,7 +20,6 @@ from workers.dlq.base import (
     replay_payload,
 )
 from workers.failures import FailureLog
-from workers.queues import record_dead_letter_action
 
 PAST_TENSE = {"replay": "replayed", "purge": "purged"}
 
@@ -53,28 +52,25 @@ CHUNK = 500
 class RedisDeadLetterStore(DeadLetterStore):
     broker = "redis"
 
-    def __init__(self, client: redis.Redis, namespace: str, *, failures: FailureLog, audit: AuditLog):
+    def __init__(self, client: redis.Redis, keys: RedisKeys, *, failures: FailureLog, audit: AuditLog):
         super().__init__(failures=failures, audit=audit)
         self.client = client
-        self.namespace = namespace
-        self.deliveries = RedisDeliveryCounter(client, namespace)
+        self.keys = keys
         self._replay = client.register_script(REPLAY_LUA)
         self._purge = client.register_script(PURGE_LUA)
 
     def count(self, action: Action, queue_name: str) -> None:
-        record_dead_letter_action(self.client, self.namespace, queue_name, PAST_TENSE[action])
+        """Counted in the broker's Redis (any host): exported as ``catfleet_dead_letter_replays_total``
+        / ``_purges_total`` by every host's collector."""
+        self.client.hincrby(self.keys.dead_letter_actions, f"{queue_name}:{PAST_TENSE[action]}", 1)
 
     def queues(self) -> list[str]:
-        prefix = f"{self.namespace}:"
+        """Every queue of the namespace that has a dead-letter queue."""
         found = {
-            key.decode()[len(prefix) : -len(".XQ")]
-            for key in self.client.scan_iter(f"{prefix}*.XQ", count=1000)
-            if not key.decode()[len(prefix) :].startswith("__")
+            self.keys.queue_of_dead(key.decode())
+            for key in self.client.scan_iter(self.keys.dead_queue_pattern(), count=1000)
         }
-        return sorted(found)
-
-    def key(self, queue: str, suffix: str = "") -> str:
-        return f"{self.namespace}:{queue}{suffix}"
+        return sorted(q for q in found if q)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -89,10 +85,10 @@ class _RedisSession(Session):
         found: list[tuple[str, str, float, bytes]] = []
         client = store.client
         for queue in store.queues():
-            entries = client.zrange(store.key(queue, ".XQ"), 0, -1, withscores=True)
+            entries = client.zrange(store.keys.dead(queue), 0, -1, withscores=True)
             for chunk in iter_chunks(entries, CHUNK):
                 rids = [rid for rid, _ in chunk]
-                stored = client.hmget(store.key(queue, ".XQ.msgs"), rids)
+                stored = client.hmget(store.keys.dead_messages(queue), rids)
                 for (rid, score), raw in zip(chunk, stored, strict=True):
                     if isinstance(raw, bytes):
                         found.append((queue, rid.decode(), float(score), raw))
@@ -111,16 +107,12 @@ class _RedisSession(Session):
         queue, rid = self.where[id(letter)]
         store = self.store
         new = replay_payload(letter.payload, redis_message_id=rid)
-        keys = [
-            store.key(queue, ".XQ"),
-            store.key(queue, ".XQ.msgs"),
-            store.key(queue),
-            store.key(queue, ".msgs"),
-            store.deliveries.key(letter.message_id),
-        ]
+        k = store.keys
+        keys = [k.dead(queue), k.dead_messages(queue), k.queue(queue), k.messages(queue)]
+        keys.append(k.deliveries(letter.message_id))
         return int(store._replay(keys=keys, args=[rid, self.raw[(queue, rid)], new])) == 1
 
     def purge(self, letter: DeadLetter) -> bool:
         queue, rid = self.where[id(letter)]
-        keys = [self.store.key(queue, ".XQ"), self.store.key(queue, ".XQ.msgs")]
+        keys = [self.store.keys.dead(queue), self.store.keys.dead_messages(queue)]
         return int(self.store._purge(keys=keys, args=[rid])) == 1

@@ -1,0 +1,117 @@
+"""The backend contract: what every broker backend provides to the rest of the fleet."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+import dramatiq
+import msgspec
+from dramatiq.middleware import Middleware
+
+from pipeline.settings import redact
+from schemas import CATEGORIZE_QUEUE, LEARN_QUEUE
+
+if TYPE_CHECKING:
+    from workers.deliveries import DeliveryCounter
+    from workers.dlq.base import AuditLog, DeadLetterStore
+    from workers.failures import FailureLog
+    from workers.settings import Settings
+
+#: The fleet's queues (canonical names; each has a delay and a dead-letter queue beside it).
+FLEET_QUEUES: tuple[str, ...] = (CATEGORIZE_QUEUE, LEARN_QUEUE)
+
+
+class QueueStats(msgspec.Struct, kw_only=True):
+    queue: str
+    ready: int  # waiting in the queue
+    delayed: int  # waiting in the delay queue (retries with backoff, eta messages)
+    #: fetched by a worker process and not yet acked (running or prefetched); None: unknown
+    in_flight: int | None
+    dead: int  # in the dead-letter queue
+    oldest_age_s: float | None  # age of the next message to run; None: empty or unknown
+    replayed: int = 0  # dead letters replayed by the dead-letter tool, ever (where kept)
+    purged: int = 0  # dead letters purged by the dead-letter tool, ever (where kept)
+
+
+class Check(msgspec.Struct, kw_only=True, omit_defaults=True):
+    ok: bool
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, exc: BaseException) -> Check:
+        return cls(ok=False, error=redact(f"{type(exc).__name__}: {exc}")[:300])
+
+
+@runtime_checkable
+class BatchEnqueue(Protocol):
+    """A broker that sends a list of messages in as few round trips as it can."""
+
+    def enqueue_many(self, messages: list[dramatiq.Message[Any]]) -> None: ...
+
+
+class Backend(abc.ABC):
+    """One broker's behaviour. Built from the settings without connecting; ``build_broker`` makes
+    the Dramatiq broker once, with the fleet's middleware list (``workers.app`` orders it)."""
+
+    #: Name of the broker kind, for audit entries, logs and status output.
+    kind: ClassVar[str]
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._broker: dramatiq.Broker | None = None
+
+    @property
+    def broker(self) -> dramatiq.Broker:
+        if self._broker is None:
+            raise RuntimeError("the backend's broker is not built yet: call build_broker first")
+        return self._broker
+
+    def build_broker(self, middleware: Sequence[Middleware]) -> dramatiq.Broker:
+        """The Dramatiq broker with exactly this middleware (plus ``middleware()``'s, placed by
+        the caller), set as Dramatiq's global broker."""
+        broker = self._make_broker(list(middleware))
+        dramatiq.set_broker(broker)
+        self._broker = broker
+        return broker
+
+    @abc.abstractmethod
+    def _make_broker(self, middleware: list[Middleware]) -> dramatiq.Broker: ...
+
+    def middleware(self) -> list[Middleware]:
+        """Middleware this broker needs in the fleet's list (e.g. Redis maintenance)."""
+        return []
+
+    @property
+    @abc.abstractmethod
+    def failures(self) -> FailureLog:
+        """Where every failed attempt is recorded (the dead-letter tools show the final one)."""
+
+    @property
+    @abc.abstractmethod
+    def deliveries(self) -> DeliveryCounter:
+        """Deliveries per message without an outcome (a message that keeps killing workers)."""
+
+    @abc.abstractmethod
+    def dead_letters(self, audit: AuditLog, *, queues: Sequence[str] = FLEET_QUEUES) -> DeadLetterStore:
+        """The dead-letter store (list, show, replay, purge), audited in ``audit``."""
+
+    @abc.abstractmethod
+    def queue_stats(self, queues: Sequence[str] = FLEET_QUEUES) -> list[QueueStats]:
+        """One entry per queue; raises the driver's error when the broker is unreachable."""
+
+    def workers_seen(self) -> int | None:
+        """Broker clients with a fresh heartbeat; None where the broker keeps none."""
+        return None
+
+    @abc.abstractmethod
+    def check(self) -> Check:
+        """Does the broker answer now? Never raises."""
+
+    def flush(self, queues: Sequence[str] = FLEET_QUEUES) -> None:  # noqa: B027 - optional
+        """Delete every message, dead letter and record of these queues (tests, benchmarks)."""
+
+    def close(self) -> None:
+        if self._broker is not None:
+            self._broker.close()

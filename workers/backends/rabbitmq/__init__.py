@@ -1,0 +1,97 @@
+"""The RabbitMQ backend: Dramatiq's RabbitMQ broker with publisher confirms; the failure log and
+delivery counter in PostgreSQL; dead letters in ``<queue>.XQ``; statistics from queue declares."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import dramatiq
+import pika
+from dramatiq.middleware import Middleware
+
+from workers.backends.base import FLEET_QUEUES, Backend, Check, QueueStats
+from workers.backends.rabbitmq.broker import FleetRabbitmqBroker
+from workers.backends.rabbitmq.deadletters import RabbitmqDeadLetterStore
+from workers.backends.rabbitmq.records import PostgresDeliveryCounter, PostgresFailureLog
+from workers.dlq.base import AuditLog
+from workers.failures import LazyDatabase
+from workers.settings import Settings
+
+#: Seconds the health check waits for RabbitMQ.
+CHECK_TIMEOUT_S = 2
+
+
+class RabbitmqBackend(Backend):
+    kind = "rabbitmq"
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self.database = LazyDatabase(settings.database_url)
+        self._failures = PostgresFailureLog(self.database)
+        self._deliveries = PostgresDeliveryCounter(self.database)
+        self._stats_broker: FleetRabbitmqBroker | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def failures(self) -> PostgresFailureLog:
+        return self._failures
+
+    @property
+    def deliveries(self) -> PostgresDeliveryCounter:
+        return self._deliveries
+
+    def _make_broker(self, middleware: list[Middleware]) -> dramatiq.Broker:
+        return FleetRabbitmqBroker(url=self.settings.broker_url, confirm_delivery=True, middleware=middleware)
+
+    def dead_letters(
+        self, audit: AuditLog, *, queues: Sequence[str] = FLEET_QUEUES
+    ) -> RabbitmqDeadLetterStore:
+        """``queues``' dead letters (AMQP cannot list queues)."""
+        return RabbitmqDeadLetterStore(self.settings.broker_url, queues, failures=self._failures, audit=audit)
+
+    def queue_stats(self, queues: Sequence[str] = FLEET_QUEUES) -> list[QueueStats]:
+        """Message counts of each queue, its delay and its dead-letter queue (declares them, as
+        the workers would). Unacked messages and ages are not exposed over AMQP."""
+        broker = self._broker or self._statistics_broker()
+        assert isinstance(broker, FleetRabbitmqBroker)
+        out = []
+        for q in queues:
+            ready, delayed, dead = broker.get_queue_message_counts(q)
+            out.append(
+                QueueStats(
+                    queue=q, ready=ready, delayed=delayed, in_flight=None, dead=dead, oldest_age_s=None
+                )
+            )
+        return out
+
+    def _statistics_broker(self) -> FleetRabbitmqBroker:
+        with self._lock:
+            if self._stats_broker is None:
+                self._stats_broker = FleetRabbitmqBroker(
+                    url=self.settings.broker_url, confirm_delivery=True, middleware=[]
+                )
+            return self._stats_broker
+
+    def check(self) -> Check:
+        try:
+            params = pika.URLParameters(self.settings.broker_url)
+            params.socket_timeout = params.blocked_connection_timeout = CHECK_TIMEOUT_S
+            pika.BlockingConnection(params).close()
+        except Exception as exc:
+            return Check.failed(exc)
+        return Check(ok=True)
+
+    def flush(self, queues: Sequence[str] = FLEET_QUEUES) -> None:
+        broker = self._broker or self._statistics_broker()
+        for q in queues:
+            broker.flush(q)
+
+    def close(self) -> None:
+        super().close()
+        if self._stats_broker is not None:
+            self._stats_broker.close()
+        self.database.close()
+
+
+__all__ = ["PostgresFailureLog", "RabbitmqBackend", "RabbitmqDeadLetterStore"]

@@ -1,0 +1,153 @@
+"""The Redis backend: Dramatiq's Redis broker (crash-safe consumer, wake-up, pipelined enqueue),
+its failure log, delivery counter and dead letters in the same Redis, queue statistics read
+from Dramatiq's keys, and the maintenance thread that bounds crash recovery."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import dramatiq
+import msgspec
+import redis
+from dramatiq.middleware import Middleware
+
+from workers.backends.base import FLEET_QUEUES, Backend, Check, QueueStats
+from workers.backends.redis.broker import SafeRedisBroker
+from workers.backends.redis.deadletters import RedisDeadLetterStore
+from workers.backends.redis.keys import RedisKeys
+from workers.backends.redis.maintenance import BrokerMaintenance
+from workers.backends.redis.records import RedisDeliveryCounter, RedisFailureLog
+from workers.dlq.base import AuditLog
+from workers.settings import Settings
+
+#: Seconds the health check and the statistics wait for Redis.
+CHECK_TIMEOUT_S = 2
+
+
+class _Timestamp(msgspec.Struct):
+    message_timestamp: int
+
+
+_ts_decoder = msgspec.json.Decoder(_Timestamp)
+
+
+class RedisBackend(Backend):
+    kind = "redis"
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self.keys = RedisKeys(settings.broker_namespace)
+        self.client = redis.Redis.from_url(
+            settings.broker_url, socket_connect_timeout=CHECK_TIMEOUT_S, socket_timeout=CHECK_TIMEOUT_S * 5
+        )
+        self._failures = RedisFailureLog(self.client, self.keys)
+        self._deliveries = RedisDeliveryCounter(self.client, self.keys)
+
+    @property
+    def failures(self) -> RedisFailureLog:
+        return self._failures
+
+    @property
+    def deliveries(self) -> RedisDeliveryCounter:
+        return self._deliveries
+
+    def _make_broker(self, middleware: list[Middleware]) -> dramatiq.Broker:
+        s = self.settings
+        return SafeRedisBroker(
+            url=s.broker_url,
+            namespace=s.broker_namespace,
+            heartbeat_timeout=s.broker_heartbeat_timeout_ms,
+            maintenance_chance=s.broker_maintenance_chance,
+            middleware=middleware,
+            wakeup=s.worker_wakeup,
+            failure_log=self._failures,
+        )
+
+    def middleware(self) -> list[Middleware]:
+        return [BrokerMaintenance(interval_ms=self.settings.broker_maintenance_interval_ms)]
+
+    def dead_letters(self, audit: AuditLog, *, queues: Sequence[str] = FLEET_QUEUES) -> RedisDeadLetterStore:
+        """Every queue of the namespace that has dead letters is looked at (``queues`` unused)."""
+        return RedisDeadLetterStore(self.client, self.keys, failures=self._failures, audit=audit)
+
+    def queue_stats(self, queues: Sequence[str] = FLEET_QUEUES) -> list[QueueStats]:
+        """Two round trips (three when a queue has a head message): sizes, the live broker ids'
+        unacked sets, then each queue's head payload for its age."""
+        k = self.keys
+        now_ms = int(time.time() * 1000)
+        with self.client.pipeline(transaction=False) as pipe:
+            for q in queues:
+                pipe.llen(k.queue(q))
+                pipe.llen(k.delayed(q))
+                pipe.zcard(k.dead(q))
+                pipe.lindex(k.queue(q), 0)
+            pipe.hgetall(k.dead_letter_actions)
+            pipe.zrange(k.heartbeats, 0, -1)
+            *replies, actions, broker_ids = pipe.execute()
+        heads = {q: replies[4 * i + 3] for i, q in enumerate(queues)}
+        with self.client.pipeline(transaction=False) as pipe:
+            for q in queues:
+                for bid in broker_ids:
+                    pipe.scard(k.acks(bid.decode(), q))
+            for q, rid in heads.items():
+                if rid is not None:
+                    pipe.hget(k.messages(q), rid)
+            out = pipe.execute()
+        n = len(broker_ids)
+        in_flight = {q: sum(out[i * n : (i + 1) * n]) for i, q in enumerate(queues)}
+        payloads = dict(
+            zip([q for q, rid in heads.items() if rid is not None], out[len(queues) * n :], strict=True)
+        )
+        counts = {key.decode(): int(v) for key, v in actions.items()}
+        stats = []
+        for i, q in enumerate(queues):
+            ready, delayed, dead = replies[4 * i : 4 * i + 3]
+            stats.append(
+                QueueStats(
+                    queue=q,
+                    ready=ready,
+                    delayed=delayed,
+                    in_flight=in_flight[q],
+                    dead=dead,
+                    oldest_age_s=_age(payloads.get(q), now_ms),
+                    replayed=counts.get(f"{q}:replayed", 0),
+                    purged=counts.get(f"{q}:purged", 0),
+                )
+            )
+        return stats
+
+    def workers_seen(self) -> int:
+        """Broker clients whose heartbeat is fresher than the heartbeat timeout. Dramatiq beats on
+        every broker call, so a producer counts too while it enqueues."""
+        since = int(time.time() * 1000) - self.settings.broker_heartbeat_timeout_ms
+        return int(self.client.zcount(self.keys.heartbeats, since, "+inf"))
+
+    def check(self) -> Check:
+        try:
+            self.client.ping()
+        except Exception as exc:
+            return Check.failed(exc)
+        return Check(ok=True)
+
+    def flush(self, queues: Sequence[str] = FLEET_QUEUES) -> None:
+        """Every key of the namespace."""
+        for key in self.client.scan_iter(self.keys.all_keys(), count=1000):
+            self.client.delete(key)
+
+    def close(self) -> None:
+        super().close()
+        self.client.close()
+
+
+def _age(payload: bytes | None, now_ms: int) -> float | None:
+    if not payload:
+        return None
+    try:
+        ts = _ts_decoder.decode(payload).message_timestamp
+    except msgspec.DecodeError:
+        return None
+    return max(now_ms - ts, 0) / 1000
+
+
+__all__ = ["RedisBackend", "RedisDeadLetterStore", "RedisFailureLog", "RedisKeys", "SafeRedisBroker"]

@@ -1,0 +1,72 @@
+"""``catfleet enqueue``: send expense IDs for categorization, in batches."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from workers.settings import Settings
+
+
+def _read_ids(stream: TextIO) -> Iterator[int]:
+    for lineno, line in enumerate(stream, 1):
+        for token in line.replace(",", " ").split():
+            try:
+                yield int(token)
+            except ValueError:
+                raise SystemExit(
+                    f"catfleet enqueue: line {lineno}: not an integer expense id: {token[:40]!r}"
+                ) from None
+
+
+def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.app import build_app
+    from workers.producer import Producer
+
+    if args.all_uncategorized:
+        if args.ids or args.file:
+            raise SystemExit("catfleet enqueue: --all-uncategorized takes no ids")
+        from pipeline.db import Database
+        from pipeline.stores import ExpenseStore
+
+        db = Database.connect(settings.database_url, size=1, wait=True)
+        try:
+            ids = ExpenseStore(db).uncategorized_ids(args.user)
+        finally:
+            db.close()
+    elif args.file:
+        with sys.stdin if args.file == "-" else open(args.file, encoding="utf-8") as stream:
+            ids = list(_read_ids(stream))
+    else:
+        ids = args.ids
+    if args.user is not None and not args.all_uncategorized:
+        raise SystemExit("catfleet enqueue: --user only filters --all-uncategorized")
+    app = build_app(settings)
+    try:
+        report = Producer(app.broker, batch_size=args.batch_size or settings.batch_size).enqueue(
+            ids, correlation_id=args.correlation_id
+        )
+    except ValueError as exc:
+        raise SystemExit(f"catfleet enqueue: {exc}") from None
+    finally:
+        app.close()
+    if args.json:
+        print(json.dumps({"messages": report.messages, "ids": report.ids}))
+    else:
+        print(f"enqueued {report.ids} expense id(s) in {report.messages} message(s)")
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("enqueue", help="enqueue expense IDs for categorization, in batches")
+    p.add_argument("ids", nargs="*", type=int, help="expense IDs")
+    p.add_argument("--file", help="read IDs from a file ('-': stdin), whitespace or comma separated")
+    p.add_argument("--all-uncategorized", action="store_true", help="every expense without a categorization")
+    p.add_argument("--user", type=int, help="with --all-uncategorized: only this user's expenses")
+    p.add_argument("--batch-size", type=int, help="IDs per message (default: CATFLEET_BATCH_SIZE)")
+    p.add_argument("--correlation-id", help="carried into the logs and the stored rows")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_enqueue)

@@ -1,0 +1,75 @@
+"""``catfleet status``: the fleet at a glance (``workers.status.collect_status``), readable in a
+terminal; ``--json`` for scripts."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from workers.settings import Settings
+
+if TYPE_CHECKING:  # workers.status imports psycopg
+    from workers.status import Status
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def render(status: Status) -> str:
+    lines = [f"broker     {status.broker}  namespace {status.namespace}"]
+    if status.broker_error:
+        lines.append(f"           UNREACHABLE: {status.broker_error}")
+    else:
+        lines.append(f"{'queue':<16}{'ready':>10}{'delayed':>10}{'in flight':>10}{'oldest':>10}{'dead':>10}")
+        for q in status.queues:
+            held = "-" if q["in_flight"] is None else str(q["in_flight"])
+            lines.append(
+                f"{q['queue']:<16}{q['ready']:>10}{q['delayed']:>10}{held:>10}"
+                f"{_age(q['oldest_age_s']):>10}{q['dead']:>10}"
+            )
+    if status.workers_seen is None:
+        lines.append("workers    unknown (heartbeats are kept by the Redis broker only)")
+    else:
+        lines.append(
+            f"workers    {status.workers_seen} broker client(s) seen within the heartbeat timeout"
+            " (worker processes; a producer too while it enqueues)"
+        )
+    if status.database_error:
+        lines.append(f"ruleset    unknown: PostgreSQL: {status.database_error}")
+    else:
+        lines.append(f"ruleset    version {status.ruleset_version}")
+    r = status.readiness
+    if r is None:
+        lines.append(f"this host  no answer from {status.readiness_url} (no worker here?)")
+    else:
+        breaker = r.get("cache_breaker") or {}
+        states = ", ".join(f"{k} {v}" for k, v in sorted(breaker.items()) if v) or "no L2 breaker reported"
+        lines.append(f"this host  {r.get('status')}; cache breaker: {states}")
+    return "\n".join(lines)
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    import msgspec
+
+    from workers.status import collect_status, default_readiness_url
+
+    status = collect_status(settings, args.readiness_url or default_readiness_url(settings))
+    if args.json:
+        print(msgspec.json.encode(status).decode())
+    else:
+        print(render(status))
+    return 1 if status.broker_error else 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("status", help="queues, depths, dead letters, workers, ruleset, cache breaker")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--readiness-url", help="a worker host's /readyz (default: this host's metrics server)")
+    p.set_defaults(func=cmd_status)
