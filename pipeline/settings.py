@@ -43,6 +43,12 @@ class PipelineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     #: L1 in-process pattern cache: entries and time to live (s).
     l1_max_entries: Positive = 50_000
     l1_ttl_seconds: Positive = 300
+    #: Every PostgreSQL and Redis connection of the fleet: TCP keepalive probes start after this
+    #: many idle seconds and repeat every second (3 probes), and unacknowledged data is given up
+    #: after ``tcp_user_timeout_ms``: a peer that vanished (a cut link) is noticed within
+    #: max(tcp_user_timeout_ms, keepalive + 3 s) instead of the kernel's ~15 minutes.
+    tcp_keepalive_s: Annotated[int, msgspec.Meta(ge=1, le=7_200)] = 5
+    tcp_user_timeout_ms: Annotated[int, msgspec.Meta(ge=1_000, le=600_000)] = 10_000
 
     def __post_init__(self) -> None:
         if self.suggest_threshold > self.auto_threshold:

@@ -55,6 +55,16 @@ class Settings(PipelineSettings, frozen=True, kw_only=True, forbid_unknown_field
     max_deliveries: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
     #: SIGTERM: how long (ms) in-flight batches may take to finish before the worker exits.
     worker_shutdown_timeout_ms: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = 30_000
+    #: A worker process must have booted (broker connected, consumers started) within this long
+    #: (ms), or it is replaced like one that died.
+    worker_boot_timeout_ms: Annotated[int, msgspec.Meta(ge=1_000, le=600_000)] = 10_000
+    #: ``catfleet worker`` replaces a worker process that dies; more than this many deaths within
+    #: ``worker_restart_window_s`` is a crash loop: it stops every process and exits non-zero.
+    worker_restart_limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10
+    worker_restart_window_s: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 60
+    #: A message larger than this (bytes, as stored by the broker) is dead-lettered at once with
+    #: ``MessageTooLarge``, before it is decoded (10,000 IDs of 19 digits take ~200 KB).
+    max_message_bytes: Annotated[int, msgspec.Meta(ge=1_024, le=67_108_864)] = 524_288
     #: Log level and format (``json`` or ``text``).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
