@@ -220,10 +220,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "memory":
         yield MemoryBackend()
         return
-    try:  # tests/conftest.py: a throwaway database on the real server, seeded
-        cats = request.getfixturevalue("cats")
-    except pytest.FixtureLookupError:
-        pytest.skip("no PostgreSQL fixtures (settings/conn/cats) here")
+    cats = request.getfixturevalue("cats")  # tests/conftest.py: a seeded throwaway database
     settings = request.getfixturevalue("settings")
     pool = psycopg_pool.ConnectionPool(
         settings.database_url, min_size=1, max_size=2, kwargs={"autocommit": True}, open=True
