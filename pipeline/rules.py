@@ -36,6 +36,19 @@ _TIME_PART = re.compile(r"^(hours|days)=(.+)$")
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
+def regex_source(value: str) -> str:
+    """A stored regex as RE2 runs it: multi-line, so ``^`` and ``$`` anchor each line of
+    ``regex_subject`` (the merchant's start and end, the description's)."""
+    return f"(?m){value}"
+
+
+def regex_subject(merchant_name: str, description: str) -> str:
+    """What a regex is matched against: the raw merchant name (as the card network wrote it,
+    case-insensitive) on one line and the raw description on the next, each stripped of
+    surrounding whitespace; ``boutique$`` fires on "BLUE BOUTIQUE" with or without a description."""
+    return f"{merchant_name[:256].strip()}\n{description[:768].strip()}"
+
+
 def _re2_options() -> re2.Options:
     options = re2.Options()
     options.log_errors = False
@@ -47,7 +60,7 @@ def _re2_options() -> re2.Options:
 def _re2_error(value: str) -> str | None:
     """Why RE2 refuses ``value`` (its own message), or None when it compiles."""
     try:
-        re2.compile(value, _re2_options())
+        re2.compile(regex_source(value), _re2_options())
     except re2.error as exc:
         detail = exc.args[0] if exc.args else exc
         if isinstance(detail, bytes):
@@ -230,7 +243,7 @@ class Ruleset:
                     where = "merchant" if in_merchant else "description"
                     hits.append(Hit(p, p.weight, f"{p.kind.value} {p.value!r} in {where}"))
         if self._regex_sets:
-            subject = f"{expense.merchant_name[:256]} {expense.description[:768]}"
+            subject = regex_subject(expense.merchant_name, expense.description)
             for regex_set, owners in self._regex_sets:
                 for i in sorted(regex_set.Match(subject) or ()):
                     p = owners[i]
@@ -256,7 +269,7 @@ def _regex_sets(
     owners: list[Pattern] = []
     for p in patterns:
         try:
-            regex_set.Add(p.value)  # the index of an added pattern is len(owners)
+            regex_set.Add(regex_source(p.value))  # the index of an added pattern is len(owners)
         except re2.error as exc:
             skipped.append(SkippedPattern(p, f"regex rejected by RE2: {exc}"))
             continue
