@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg.errors
 import psycopg_pool
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tenacity import (
     before_sleep_log,
     retry,
@@ -21,6 +22,7 @@ from tenacity import (
 )
 
 from pipeline.errors import DatabaseConflict, DatabaseError, DatabaseUnavailable, TransientError
+from pipeline.settings import KEEPALIVE_COUNT, KEEPALIVE_INTERVAL_S, PipelineSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -29,6 +31,8 @@ T = TypeVar("T")
 IN_CALL_ATTEMPTS = 3
 
 _CONFLICTS = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
+
+_DEFAULTS = PipelineSettings()
 
 
 def _diagnostics(exc: psycopg.Error) -> dict[str, str | None]:
@@ -81,13 +85,42 @@ def check_idle(conn: psycopg.Connection[Any]) -> None:
         raise psycopg.OperationalError("the server wrote to or closed the idle connection")
 
 
-def open_pool(dsn: str, *, size: int, name: str, wait: bool = False) -> psycopg_pool.ConnectionPool:
+def fail_fast_conninfo(
+    dsn: str,
+    *,
+    keepalive_s: int = _DEFAULTS.tcp_keepalive_s,
+    user_timeout_ms: int = _DEFAULTS.tcp_user_timeout_ms,
+) -> str:
+    """``dsn`` (URL or key=value) with libpq's TCP keepalives and user timeout, so that a
+    connection whose peer vanished (a cut link) fails within max(user timeout, keepalive + 3 s)
+    instead of blocking a thread for the kernel's ~15 minutes. A parameter the DSN sets is kept."""
+    given = conninfo_to_dict(dsn)
+    wanted: dict[str, int] = {
+        "keepalives": 1,
+        "keepalives_idle": keepalive_s,
+        "keepalives_interval": KEEPALIVE_INTERVAL_S,
+        "keepalives_count": KEEPALIVE_COUNT,
+        "tcp_user_timeout": user_timeout_ms,
+    }
+    return make_conninfo(dsn, **{k: v for k, v in wanted.items() if k not in given})
+
+
+def open_pool(
+    dsn: str,
+    *,
+    size: int,
+    name: str,
+    wait: bool = False,
+    keepalive_s: int = _DEFAULTS.tcp_keepalive_s,
+    user_timeout_ms: int = _DEFAULTS.tcp_user_timeout_ms,
+) -> psycopg_pool.ConnectionPool:
     """A pool of autocommit connections: one statement is one round trip (no BEGIN/COMMIT).
 
     Every connection is checked as it is handed out (``check_idle``, no round trip): one that
-    broke while idle (server restarted, backend terminated) is discarded and replaced, never used."""
+    broke while idle (server restarted, backend terminated) is discarded and replaced, never used.
+    Every connection fails fast on a vanished peer (``fail_fast_conninfo``)."""
     pool = psycopg_pool.ConnectionPool(
-        dsn,
+        fail_fast_conninfo(dsn, keepalive_s=keepalive_s, user_timeout_ms=user_timeout_ms),
         min_size=1,
         max_size=max(1, size),
         kwargs={"autocommit": True},
@@ -111,10 +144,24 @@ class Database:
         self.read_pool = read_pool or pool
 
     @classmethod
-    def connect(cls, dsn: str, *, size: int, read_dsn: str = "", wait: bool = False) -> Database:
+    def connect(
+        cls,
+        dsn: str,
+        *,
+        size: int,
+        read_dsn: str = "",
+        wait: bool = False,
+        keepalive_s: int = _DEFAULTS.tcp_keepalive_s,
+        user_timeout_ms: int = _DEFAULTS.tcp_user_timeout_ms,
+    ) -> Database:
+        def pool_of(url: str, name: str) -> psycopg_pool.ConnectionPool:
+            return open_pool(
+                url, size=size, name=name, wait=wait, keepalive_s=keepalive_s, user_timeout_ms=user_timeout_ms
+            )
+
         with translate_errors():
-            pool = open_pool(dsn, size=size, name="catfleet-write", wait=wait)
-            read_pool = open_pool(read_dsn, size=size, name="catfleet-read", wait=wait) if read_dsn else None
+            pool = pool_of(dsn, "catfleet-write")
+            read_pool = pool_of(read_dsn, "catfleet-read") if read_dsn else None
         return cls(pool, read_pool)
 
     @contextmanager

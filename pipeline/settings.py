@@ -15,6 +15,9 @@ Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/catfleet"
 DEFAULT_CACHE_URL = "redis://127.0.0.1:6379/1"
+#: After ``tcp_keepalive_s`` idle seconds, keepalive probes go out this often (s), this many.
+KEEPALIVE_INTERVAL_S = 1
+KEEPALIVE_COUNT = 3
 
 
 class PipelineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

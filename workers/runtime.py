@@ -39,7 +39,12 @@ class Runtime:
     def __init__(self, settings: Settings, *, wait: bool = False):
         self.settings = settings
         self.db = Database.connect(
-            settings.database_url, size=settings.pool_size, read_dsn=settings.database_read_url, wait=wait
+            settings.database_url,
+            size=settings.pool_size,
+            read_dsn=settings.database_read_url,
+            wait=wait,
+            keepalive_s=settings.tcp_keepalive_s,
+            user_timeout_ms=settings.tcp_user_timeout_ms,
         )
         self.l1 = LocalTier(max_entries=settings.l1_max_entries, ttl_seconds=settings.l1_ttl_seconds)
         self.l2 = shared_tier(settings)
@@ -77,6 +82,8 @@ def shared_tier(settings: Settings) -> SharedTier:
         ttl_seconds=settings.cache_ttl_seconds,
         timeout_s=settings.cache_timeout_ms / 1000,
         breaker=breaker,
+        keepalive_s=settings.tcp_keepalive_s,
+        user_timeout_ms=settings.tcp_user_timeout_ms,
     )
 
 

@@ -19,7 +19,13 @@ import redis
 
 from pipeline.cache.base import Entry, PatternTier
 from pipeline.cache.breaker import CacheBreaker
-from pipeline.cache.client import Client, open_client, pipeline
+from pipeline.cache.client import (
+    DEFAULT_KEEPALIVE_S,
+    DEFAULT_USER_TIMEOUT_MS,
+    Client,
+    open_client,
+    pipeline,
+)
 from pipeline.errors import CacheUnavailable
 from pipeline.matcher import MerchantKey
 from schemas import Pattern
@@ -61,13 +67,17 @@ class SharedTier(PatternTier):
         timeout_s: float,
         breaker: CacheBreaker,
         connect: Callable[[str, float], Client] | None = None,
+        keepalive_s: int = DEFAULT_KEEPALIVE_S,
+        user_timeout_ms: int = DEFAULT_USER_TIMEOUT_MS,
     ) -> None:
         self.url = url
         self.prefix = prefix
         self.ttl_seconds = ttl_seconds
         self.timeout_s = timeout_s
         self.breaker = breaker
-        self._connect = connect or (lambda u, t: open_client(u, timeout_s=t))
+        self._connect = connect or (
+            lambda u, t: open_client(u, timeout_s=t, keepalive_s=keepalive_s, user_timeout_ms=user_timeout_ms)
+        )
         self._client: Client | None = None
         self._client_lock = threading.Lock()
 

@@ -11,9 +11,9 @@ import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import redis
@@ -23,6 +23,18 @@ from workers.harness.databases import create_database
 from workers.harness.processes import stop_workers
 
 HOST = "127.0.0.1"
+T = TypeVar("T")
+#: How a server's readiness check runs: here, or (``Lan.call``) inside a network namespace.
+Caller = Callable[[Callable[[], Any]], Any]
+
+
+def _here(fn: Callable[[], T]) -> T:
+    return fn()
+
+
+def in_netns(netns: str | None, argv: list[str]) -> list[str]:
+    """``argv`` run inside network namespace ``netns`` (None: here)."""
+    return ["ip", "netns", "exec", netns, *argv] if netns else argv
 
 
 def port_free(port: int) -> bool:
@@ -59,16 +71,29 @@ class RedisServer:
     """A ``redis-server`` child process in ``directory``; stopped and started at will.
 
     Without ``persist`` a restart comes back empty; with it the append-only file (fsync on every
-    write) keeps the data across a SIGTERM. ``cluster`` makes it a Redis Cluster node."""
+    write) keeps the data across a SIGTERM. ``cluster`` makes it a Redis Cluster node. ``netns``:
+    it runs inside that network namespace, listening on ``bind``; ``call`` runs its readiness
+    check where that address is reachable (``tests.support.netns.Lan.call``)."""
 
     def __init__(
-        self, directory: Path, *, port: int | None = None, persist: bool = False, cluster: bool = False
+        self,
+        directory: Path,
+        *,
+        port: int | None = None,
+        persist: bool = False,
+        cluster: bool = False,
+        bind: str = HOST,
+        netns: str | None = None,
+        call: Caller = _here,
     ) -> None:
         self.port = port or server_port()
         self.dir = directory
         self.persist = persist
         self.cluster = cluster
-        self.url = f"redis://{HOST}:{self.port}/0"
+        self.bind = bind
+        self.netns = netns
+        self.call = call
+        self.url = f"redis://{bind}:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -81,15 +106,19 @@ class RedisServer:
             return
         argv = [
             shutil.which("redis-server") or "redis-server",
-            "--bind", HOST, "--port", str(self.port), "--dir", str(self.dir),
+            "--bind", self.bind, "--port", str(self.port), "--dir", str(self.dir),
             "--save", "", "--logfile", str(self.dir / f"redis-{self.port}.log"),
         ]  # fmt: skip
         argv += ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
+        if self.netns:  # reached from the namespace's subnet, not loopback (no password: a test LAN)
+            argv += ["--protected-mode", "no"]
         if self.cluster:
             argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
             argv += ["--cluster-node-timeout", "1000"]
-        self.proc = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL)
-        wait_for(self._pings, timeout=10, what=f"redis-server on {self.port}")
+        self.proc = subprocess.Popen(
+            in_netns(self.netns, argv), start_new_session=True, stdout=subprocess.DEVNULL
+        )
+        wait_for(lambda: self.call(self._pings), timeout=10, what=f"redis-server on {self.port}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """SIGTERM: Redis writes its append-only file and exits; SIGKILL: it just dies."""
@@ -98,7 +127,7 @@ class RedisServer:
         self.proc = None
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host=HOST, port=self.port, socket_timeout=2)
+        return redis.Redis(host=self.bind, port=self.port, socket_timeout=2)
 
     def _pings(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
@@ -128,16 +157,25 @@ def own_redis(directory: Path, *, persist: bool = False) -> Iterator[RedisServer
 class PostgresServer:
     """A fresh cluster (initdb) in its own temp dir (outside pytest's root-only tmp tree: the
     server runs as the postgres user when the tests run as root), started with pg_ctl.
-    ``url`` is its maintenance database ``postgres``."""
+    ``url`` is its maintenance database ``postgres``. ``netns``, ``bind``, ``call``: as for
+    ``RedisServer``."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, bind: str = HOST, port: int | None = None, netns: str | None = None, call: Caller = _here
+    ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="catfleet-pg-"))
         self.data = self.root / "data"
-        self.port = server_port()
-        self.url = f"postgresql://postgres@{HOST}:{self.port}/postgres"
+        self.port = port or server_port()
+        self.bind = bind
+        self.netns = netns
+        self.call = call
+        self.url = f"postgresql://postgres@{bind}:{self.port}/postgres"
         if AS_USER:
             shutil.chown(self.root, "postgres", "postgres")
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        if bind != HOST:  # initdb trusts loopback only; let in the hosts of the server's subnet
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                hba.write("host all all samenet trust\n")
 
     def _run(self, tool: str, *args: str) -> None:
         subprocess.run([str(PG_BIN / tool), *args], check=True, capture_output=True, cwd=self.root, **AS_USER)
@@ -146,9 +184,15 @@ class PostgresServer:
         self._run("pg_ctl", "-D", str(self.data), "-w", "-l", str(self.root / "log"), *args)
 
     def start(self) -> None:
-        opts = f"-c listen_addresses={HOST} -p {self.port} -c unix_socket_directories='' -c fsync=off"
-        self._ctl("-o", opts, "start")
-        wait_for(self._accepts, timeout=20, interval=0.1, what=f"postgres on {self.port}")
+        opts = f"-c listen_addresses={self.bind} -p {self.port} -c unix_socket_directories='' -c fsync=off"
+        if self.netns:  # ip netns exec needs root; the server then drops to the postgres user
+            as_user = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"] if AS_USER else []
+            ctl = [str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-l", str(self.root / "log")]
+            argv = in_netns(self.netns, [*as_user, *ctl, "-o", opts, "start"])
+            subprocess.run(argv, check=True, capture_output=True, cwd=self.root)
+        else:
+            self._ctl("-o", opts, "start")
+        wait_for(lambda: self.call(self._accepts), timeout=20, interval=0.1, what=f"postgres on {self.port}")
 
     def _accepts(self) -> bool:
         try:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
 import pika
 from dramatiq.middleware import Middleware
 
+from pipeline.settings import KEEPALIVE_COUNT, KEEPALIVE_INTERVAL_S
 from workers.backends.base import FLEET_QUEUES, Backend, Check, QueueStats
 from workers.backends.rabbitmq.broker import FleetRabbitmqBroker
 from workers.backends.rabbitmq.deadletters import RabbitmqDeadLetterStore
@@ -22,11 +24,33 @@ from workers.settings import Settings
 CHECK_TIMEOUT_S = 2
 
 
+def fail_fast_url(url: str, *, keepalive_s: int, user_timeout_ms: int) -> str:
+    """``url`` with pika's ``tcp_options`` (keepalive probes after ``keepalive_s`` idle seconds,
+    every second, 3 of them; ``TCP_USER_TIMEOUT``), as for every PostgreSQL and Redis connection;
+    a ``tcp_options`` the URL already has is kept."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(k == "tcp_options" for k, _ in query):
+        return url
+    options = {
+        "TCP_KEEPIDLE": keepalive_s,
+        "TCP_KEEPINTVL": KEEPALIVE_INTERVAL_S,
+        "TCP_KEEPCNT": KEEPALIVE_COUNT,
+        "TCP_USER_TIMEOUT": user_timeout_ms,
+    }
+    return urlunsplit(parts._replace(query=urlencode([*query, ("tcp_options", repr(options))])))
+
+
 class RabbitmqBackend(Backend):
     kind = "rabbitmq"
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
+        self.url = fail_fast_url(
+            settings.broker_url,
+            keepalive_s=settings.tcp_keepalive_s,
+            user_timeout_ms=settings.tcp_user_timeout_ms,
+        )
         self.database = LazyDatabase(settings.database_url)
         self._failures = PostgresFailureLog(self.database)
         self._deliveries = PostgresDeliveryCounter(self.database)
@@ -42,13 +66,13 @@ class RabbitmqBackend(Backend):
         return self._deliveries
 
     def _make_broker(self, middleware: list[Middleware]) -> dramatiq.Broker:
-        return FleetRabbitmqBroker(url=self.settings.broker_url, confirm_delivery=True, middleware=middleware)
+        return FleetRabbitmqBroker(url=self.url, confirm_delivery=True, middleware=middleware)
 
     def dead_letters(
         self, audit: AuditLog, *, queues: Sequence[str] = FLEET_QUEUES
     ) -> RabbitmqDeadLetterStore:
         """``queues``' dead letters (AMQP cannot list queues)."""
-        return RabbitmqDeadLetterStore(self.settings.broker_url, queues, failures=self._failures, audit=audit)
+        return RabbitmqDeadLetterStore(self.url, queues, failures=self._failures, audit=audit)
 
     def queue_stats(self, queues: Sequence[str] = FLEET_QUEUES) -> list[QueueStats]:
         """Message counts of each queue, its delay and its dead-letter queue (declares them, as
@@ -68,14 +92,12 @@ class RabbitmqBackend(Backend):
     def _statistics_broker(self) -> FleetRabbitmqBroker:
         with self._lock:
             if self._stats_broker is None:
-                self._stats_broker = FleetRabbitmqBroker(
-                    url=self.settings.broker_url, confirm_delivery=True, middleware=[]
-                )
+                self._stats_broker = FleetRabbitmqBroker(url=self.url, confirm_delivery=True, middleware=[])
             return self._stats_broker
 
     def check(self) -> Check:
         try:
-            params = pika.URLParameters(self.settings.broker_url)
+            params = pika.URLParameters(self.url)
             params.socket_timeout = params.blocked_connection_timeout = CHECK_TIMEOUT_S
             pika.BlockingConnection(params).close()
         except Exception as exc:

@@ -12,6 +12,7 @@ import msgspec
 import redis
 from dramatiq.middleware import Middleware
 
+from pipeline.cache.client import fail_fast_options
 from workers.backends.base import FLEET_QUEUES, Backend, Check, QueueStats
 from workers.backends.redis.broker import SafeRedisBroker
 from workers.backends.redis.deadletters import RedisDeadLetterStore
@@ -39,7 +40,12 @@ class RedisBackend(Backend):
         super().__init__(settings)
         self.keys = RedisKeys(settings.broker_namespace)
         self.client = redis.Redis.from_url(
-            settings.broker_url, socket_connect_timeout=CHECK_TIMEOUT_S, socket_timeout=CHECK_TIMEOUT_S * 5
+            settings.broker_url,
+            socket_connect_timeout=CHECK_TIMEOUT_S,
+            socket_timeout=CHECK_TIMEOUT_S * 5,
+            **fail_fast_options(
+                keepalive_s=settings.tcp_keepalive_s, user_timeout_ms=settings.tcp_user_timeout_ms
+            ),
         )
         self._failures = RedisFailureLog(self.client, self.keys)
         self._deliveries = RedisDeliveryCounter(self.client, self.keys)
@@ -54,8 +60,12 @@ class RedisBackend(Backend):
 
     def _make_broker(self, middleware: list[Middleware]) -> dramatiq.Broker:
         s = self.settings
+        # Dramatiq's RedisBroker builds its pool from ``url`` alone (other keywords go to a
+        # ``Redis`` that then ignores them): the pool is built here, with the TCP options (the
+        # wake subscriber's pub/sub connection comes from it too).
+        tcp = fail_fast_options(keepalive_s=s.tcp_keepalive_s, user_timeout_ms=s.tcp_user_timeout_ms)
         return SafeRedisBroker(
-            url=s.broker_url,
+            connection_pool=redis.ConnectionPool.from_url(s.broker_url, **tcp),
             namespace=s.broker_namespace,
             heartbeat_timeout=s.broker_heartbeat_timeout_ms,
             maintenance_chance=s.broker_maintenance_chance,
@@ -65,7 +75,7 @@ class RedisBackend(Backend):
         )
 
     def middleware(self) -> list[Middleware]:
-        return [BrokerMaintenance(interval_ms=self.settings.broker_maintenance_interval_ms)]
+        return [BrokerMaintenance.from_settings(self.settings)]
 
     def dead_letters(self, audit: AuditLog, *, queues: Sequence[str] = FLEET_QUEUES) -> RedisDeadLetterStore:
         """Every queue of the namespace that has dead letters is looked at (``queues`` unused)."""
