@@ -21,6 +21,9 @@ class Status(msgspec.Struct, kw_only=True):
     namespace: str
     broker_error: str | None
     queues: list[dict[str, Any]]
+    #: queues beyond the fleet's holding messages no worker consumes; None: the broker cannot
+    #: list its queues (RabbitMQ)
+    stray_queues: list[dict[str, Any]] | None
     workers_seen: int | None  # fresh broker heartbeats (Redis broker); None: unknown
     ruleset_version: int | None
     database_error: str | None
@@ -52,9 +55,12 @@ def collect_status(settings: Settings, readiness_url: str) -> Status:
 
     backend = backend_for(settings)
     queues: list[dict[str, Any]] = []
+    strays: list[dict[str, Any]] | None = []
     seen = broker_error = None
     try:
         queues = [msgspec.structs.asdict(q) for q in backend.queue_stats()]
+        found = backend.stray_queues()
+        strays = None if found is None else [msgspec.structs.asdict(q) for q in found]
         seen = backend.workers_seen()
     except Exception as exc:
         broker_error = _error(exc)
@@ -72,6 +78,7 @@ def collect_status(settings: Settings, readiness_url: str) -> Status:
         namespace=settings.broker_namespace,
         broker_error=broker_error,
         queues=queues,
+        stray_queues=strays,
         workers_seen=seen,
         ruleset_version=version,
         database_error=database_error,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import dramatiq
 import msgspec
 from dramatiq.middleware import Middleware
 
+from pipeline.errors import CatfleetError
 from pipeline.settings import redact
 from schemas import CATEGORIZE_QUEUE, LEARN_QUEUE
 
@@ -100,6 +102,36 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def queue_stats(self, queues: Sequence[str] = FLEET_QUEUES) -> list[QueueStats]:
         """One entry per queue; raises the driver's error when the broker is unreachable."""
+
+    @classmethod
+    def connection_errors(cls) -> tuple[type[BaseException], ...]:
+        """The driver's errors that mean the broker is unreachable or refused the connection (a
+        command reports them in one line, not a traceback)."""
+        import dramatiq.errors
+
+        return (dramatiq.errors.ConnectionError,)
+
+    @classmethod  # noqa: B027 - optional
+    def quiet_connect_logs(cls) -> None:
+        """Silence driver loggers that log each failed connection attempt before the error is
+        raised (a short-lived command reports the error itself, in one line)."""
+
+    def scratch(self, name: str) -> AbstractContextManager[Settings]:
+        """The settings pointed at a broker space named ``name`` made for the caller alone and
+        deleted on the way out (the demo's); never an existing one. CatfleetError where this
+        broker cannot make one."""
+        return self._no_scratch()
+
+    @contextmanager
+    def _no_scratch(self) -> Iterator[Settings]:
+        raise CatfleetError(f"the {self.kind} broker cannot make a private space")
+        yield self.settings  # pragma: no cover - never reached
+
+    def stray_queues(self) -> list[QueueStats] | None:
+        """Queues that hold messages but are not the fleet's (``FLEET_QUEUES``): a producer's typo
+        or an unknown actor's queue, which no worker consumes. None where the broker cannot list
+        its queues (AMQP). Raises the driver's error when the broker is unreachable."""
+        return None
 
     def workers_seen(self) -> int | None:
         """Broker clients with a fresh heartbeat; None where the broker keeps none."""

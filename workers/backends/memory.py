@@ -224,6 +224,15 @@ class MemoryBackend(Backend):
             )
         return out
 
+    def stray_queues(self) -> list[QueueStats] | None:
+        """Declared queues beyond the fleet's that hold messages (ready, delayed or dead)."""
+        broker = self.memory_broker
+        fleet = set(FLEET_QUEUES) | {dq_name(q) for q in FLEET_QUEUES}
+        with broker.lock:
+            names = {q.removesuffix(".DQ") for q in broker.queues} | set(broker.dead)
+        stats = self.queue_stats(sorted(names - fleet))
+        return [s for s in stats if s.ready or s.delayed or s.dead or s.in_flight]
+
     def check(self) -> Check:
         return Check(ok=True)
 

@@ -6,9 +6,15 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from workers.settings import Settings
+
+if TYPE_CHECKING:  # the CLI starts without importing psycopg
+    from pipeline.db import Database
+
+#: Seconds to wait for PostgreSQL to accept a connection.
+CONNECT_TIMEOUT_S = 5
 
 
 def _read_ids(stream: TextIO) -> Iterator[int]:
@@ -22,6 +28,18 @@ def _read_ids(stream: TextIO) -> Iterator[int]:
                 ) from None
 
 
+def _database(settings: Settings) -> Database:
+    """One connection's pool; a server that does not answer is one ``DatabaseUnavailable`` within
+    ``CONNECT_TIMEOUT_S`` (the pool alone would retry for 30 s)."""
+    import psycopg
+
+    from pipeline.db import Database, translate_errors
+
+    with translate_errors():
+        psycopg.connect(settings.database_url, connect_timeout=CONNECT_TIMEOUT_S).close()
+    return Database.connect(settings.database_url, size=1, wait=True)
+
+
 def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
     from workers.app import build_app
     from workers.producer import Producer
@@ -29,10 +47,9 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
     if args.all_uncategorized:
         if args.ids or args.file:
             raise SystemExit("catfleet enqueue: --all-uncategorized takes no ids")
-        from pipeline.db import Database
         from pipeline.stores import ExpenseStore
 
-        db = Database.connect(settings.database_url, size=1, wait=True)
+        db = _database(settings)
         try:
             ids = ExpenseStore(db).uncategorized_ids(args.user)
         finally:

@@ -7,6 +7,9 @@ from typing import Any
 
 from workers.settings import Settings
 
+#: Seconds to wait for PostgreSQL to accept the connection (a port that does not speak it).
+CONNECT_TIMEOUT_S = 5
+
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     import psycopg
@@ -15,7 +18,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.migrate import migrate
 
     with translate_errors():  # a server that does not answer: one line, exit 2 (CatfleetError)
-        conn = psycopg.connect(settings.database_url, autocommit=True)
+        conn = psycopg.connect(settings.database_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
     with conn:
         applied = migrate(conn)
     print(f"applied {len(applied)} migration(s)" + "".join(f"\n  {m.version:04d}_{m.name}" for m in applied))

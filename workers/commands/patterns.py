@@ -14,17 +14,31 @@ from schemas import PatternKind
 from workers.settings import Settings
 
 if TYPE_CHECKING:  # the CLI starts without importing psycopg
+    from pipeline.db import Database
     from pipeline.patterns import PatternAdmin
 
+#: Seconds to wait for PostgreSQL to accept a connection.
+CONNECT_TIMEOUT_S = 5
 _COLUMNS = ("id", "user", "kind", "value", "category", "weight", "source", "active", "used", "ok")
+
+
+def _database(settings: Settings) -> Database:
+    """One connection's pool; a server that does not answer is one ``DatabaseUnavailable`` within
+    ``CONNECT_TIMEOUT_S`` (the pool alone would retry for 30 s)."""
+    import psycopg
+
+    from pipeline.db import Database, translate_errors
+
+    with translate_errors():
+        psycopg.connect(settings.database_url, connect_timeout=CONNECT_TIMEOUT_S).close()
+    return Database.connect(settings.database_url, size=1, wait=True)
 
 
 @contextmanager
 def _admin(settings: Settings) -> Iterator[PatternAdmin]:
-    from pipeline.db import Database
     from pipeline.patterns import PatternAdmin
 
-    db = Database.connect(settings.database_url, size=1, wait=True)
+    db = _database(settings)
     try:
         yield PatternAdmin(db)
     finally:

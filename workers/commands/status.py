@@ -4,6 +4,7 @@ terminal; ``--json`` for scripts."""
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING, Any
 
 from workers.settings import Settings
@@ -22,18 +23,37 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def _queue_line(q: dict[str, Any]) -> str:
+    held = "-" if q["in_flight"] is None else str(q["in_flight"])
+    return (
+        f"{q['queue']:<16}{q['ready']:>10}{q['delayed']:>10}{held:>10}"
+        f"{_age(q['oldest_age_s']):>10}{q['dead']:>10}{q['replayed']:>10}{q['purged']:>10}"
+    )
+
+
+def _stray_lines(strays: list[dict[str, Any]] | None) -> list[str]:
+    if strays is None:
+        return ["other      queues beyond the fleet's unknown (this broker cannot list its queues)"]
+    if not strays:
+        return []
+    names = ", ".join(f"{q['queue']} ({q['ready']} ready)" for q in strays)
+    return [
+        f"WARNING    {len(strays)} queue(s) that are not the fleet's hold messages no worker consumes: {names}",
+        *(_queue_line(q) for q in strays),
+    ]
+
+
 def render(status: Status) -> str:
     lines = [f"broker     {status.broker}  namespace {status.namespace}"]
     if status.broker_error:
         lines.append(f"           UNREACHABLE: {status.broker_error}")
     else:
-        lines.append(f"{'queue':<16}{'ready':>10}{'delayed':>10}{'in flight':>10}{'oldest':>10}{'dead':>10}")
-        for q in status.queues:
-            held = "-" if q["in_flight"] is None else str(q["in_flight"])
-            lines.append(
-                f"{q['queue']:<16}{q['ready']:>10}{q['delayed']:>10}{held:>10}"
-                f"{_age(q['oldest_age_s']):>10}{q['dead']:>10}"
-            )
+        lines.append(
+            f"{'queue':<16}{'ready':>10}{'delayed':>10}{'in flight':>10}{'oldest':>10}{'dead':>10}"
+            f"{'replayed':>10}{'purged':>10}"
+        )
+        lines += [_queue_line(q) for q in status.queues]
+        lines += _stray_lines(status.stray_queues)
     if status.workers_seen is None:
         lines.append("workers    unknown (heartbeats are kept by the Redis broker only)")
     else:
@@ -65,7 +85,10 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         print(msgspec.json.encode(status).decode())
     else:
         print(render(status))
-    return 1 if status.broker_error else 0
+    if status.broker_error:
+        print(f"catfleet status: broker unreachable: {status.broker_error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def register(sub: Any) -> None:

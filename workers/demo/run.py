@@ -1,11 +1,16 @@
-"""``catfleet demo``: a throwaway demo database and broker namespace, real worker processes,
-every expense enqueued, progress while it runs, and a summary at the end."""
+"""``catfleet demo``: a demo database, a broker space made for this run and deleted afterwards
+(``Backend.scratch``: a Redis namespace or a RabbitMQ vhost ``catfleet-demo-<random>``; the demo
+never flushes, purges or consumes queues it did not make), real worker processes, every expense
+enqueued, progress while it runs, and a summary at the end."""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,8 @@ from workers.harness.processes import free_port, start_workers, stop_workers, wa
 from workers.producer import Producer
 from workers.settings import Settings
 
-DEMO_NAMESPACE = "catfleet-demo"
+#: Prefix of the per-run broker space (Redis namespace, RabbitMQ vhost).
+DEMO_PREFIX = "catfleet-demo-"
 #: IDs that exist nowhere, sent along to show they are counted, not lost.
 UNKNOWN_IDS = 25
 TIMEOUT_S = 600
@@ -28,6 +34,19 @@ TIMEOUT_S = 600
 
 def demo_database_url(settings: Settings) -> str:
     return with_dbname(settings.database_url, f"{dbname(settings.database_url) or 'catfleet'}_demo")
+
+
+@contextmanager
+def demo_broker(settings: Settings) -> Iterator[Settings]:
+    """``settings`` pointed at a broker space made for this run, deleted on the way out."""
+    from workers.backends import backend_for
+
+    backend = backend_for(settings)
+    try:
+        with backend.scratch(f"{DEMO_PREFIX}{uuid.uuid4().hex[:8]}") as own:
+            yield own
+    finally:
+        backend.close()
 
 
 def check_services(settings: Settings) -> None:
@@ -62,19 +81,20 @@ def run_demo(settings: Settings, *, expenses: int, users: int, processes: int | 
     check_services(settings)
     db_url = demo_database_url(settings)
     create_database(settings.database_url, dbname(db_url), exist_ok=True)
-    demo = msgspec.structs.replace(
-        settings, database_url=db_url, broker_namespace=DEMO_NAMESPACE, metrics_port=free_port()
-    )
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        print(f"loading {expenses:,} demo expenses for {users:,} users ...", flush=True)
-        ids = load_demo_data(conn, expenses=expenses, users=users)
-        live = conn.execute("SELECT count(*) FROM expenses WHERE deleted_at IS NULL").fetchone()[0]  # type: ignore[index]
+    with demo_broker(settings) as own:  # never the configured namespace or vhost
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            print(f"loading {expenses:,} demo expenses for {users:,} users ...", flush=True)
+            ids = load_demo_data(conn, expenses=expenses, users=users)
+            live = conn.execute("SELECT count(*) FROM expenses WHERE deleted_at IS NULL").fetchone()[0]  # type: ignore[index]
+        demo = msgspec.structs.replace(own, database_url=db_url, metrics_port=free_port())
+        return _run(demo, ids, live, processes or settings.worker_processes)
+
+
+def _run(demo: Settings, ids: list[int], live: int, n_proc: int) -> int:
     app = build_app(demo)
-    app.broker.flush_all()
     log_dir = Path(".demo")
     log_dir.mkdir(exist_ok=True)
-    n_proc = processes or settings.worker_processes
-    print(f"starting {n_proc} worker process(es) x {settings.worker_threads} threads ...", flush=True)
+    print(f"starting {n_proc} worker process(es) x {demo.worker_threads} threads ...", flush=True)
     # Quiet workers unless the user asked for a level: the demo prints its own progress.
     quiet = (
         demo if env_name("log_level") in os.environ else msgspec.structs.replace(demo, log_level="WARNING")
@@ -86,7 +106,7 @@ def run_demo(settings: Settings, *, expenses: int, users: int, processes: int | 
                 wait_ready(demo, worker)
             except RuntimeError as exc:
                 raise SystemExit(f"the demo workers did not start ({exc}): see .demo/worker.log") from None
-            return _drive(app, demo, db_url, ids, live)
+            return _drive(app, demo, demo.database_url, ids, live)
         finally:
             stop_workers(worker)
             app.close()

@@ -4,7 +4,8 @@ delivery counter in PostgreSQL; dead letters in ``<queue>.XQ``; statistics from 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
@@ -94,6 +95,55 @@ class RabbitmqBackend(Backend):
             if self._stats_broker is None:
                 self._stats_broker = FleetRabbitmqBroker(url=self.url, confirm_delivery=True, middleware=[])
             return self._stats_broker
+
+    @classmethod
+    def connection_errors(cls) -> tuple[type[BaseException], ...]:
+        import pika.exceptions
+
+        errors = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
+        return (*super().connection_errors(), *errors)
+
+    @classmethod
+    def quiet_connect_logs(cls) -> None:
+        import logging
+
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
+
+    @contextmanager
+    def scratch(self, name: str) -> Iterator[Settings]:
+        """The vhost ``name``, made (never reused: ``add_vhost`` fails if it exists) and deleted
+        with the local ``rabbitmqctl``. AMQP cannot make vhosts: without a local rabbitmqctl, or
+        for a RabbitMQ on another host, this refuses."""
+        import shutil
+        import subprocess
+        import urllib.parse
+
+        import msgspec
+
+        from pipeline.errors import CatfleetError
+
+        url = urllib.parse.urlsplit(self.settings.broker_url)
+        local = (url.hostname or "localhost") in ("127.0.0.1", "localhost", "::1")
+        if shutil.which("rabbitmqctl") is None or not local:
+            raise CatfleetError(
+                "a private RabbitMQ vhost needs the local rabbitmqctl, and there is none for this"
+                " broker: use a redis:// broker"
+            )
+
+        def ctl(*args: str) -> None:
+            done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                detail = " ".join((done.stderr or done.stdout).split())[:200]
+                raise CatfleetError(f"rabbitmqctl {args[0]} {name}: {detail}")
+
+        ctl("add_vhost", name)
+        try:
+            user = urllib.parse.unquote(url.username or "guest")
+            ctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
+            own = urllib.parse.urlunsplit(url._replace(path="/" + urllib.parse.quote(name, safe="")))
+            yield msgspec.structs.replace(self.settings, broker_url=own)
+        finally:
+            ctl("delete_vhost", name)
 
     def check(self) -> Check:
         try:

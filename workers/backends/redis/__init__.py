@@ -5,7 +5,8 @@ from Dramatiq's keys, and the maintenance thread that bounds crash recovery."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import dramatiq
 import msgspec
@@ -13,6 +14,7 @@ import redis
 from dramatiq.middleware import Middleware
 
 from pipeline.cache.client import fail_fast_options
+from pipeline.errors import CatfleetError
 from workers.backends.base import FLEET_QUEUES, Backend, Check, QueueStats
 from workers.backends.redis.broker import SafeRedisBroker
 from workers.backends.redis.deadletters import RedisDeadLetterStore
@@ -126,6 +128,50 @@ class RedisBackend(Backend):
                 )
             )
         return stats
+
+    @classmethod
+    def connection_errors(cls) -> tuple[type[BaseException], ...]:
+        return (*super().connection_errors(), redis.RedisError)
+
+    @contextmanager
+    def scratch(self, name: str) -> Iterator[Settings]:
+        """The namespace ``name``, refused unless empty; every key of it deleted afterwards."""
+        own = msgspec.structs.replace(self.settings, broker_namespace=name)
+        backend = RedisBackend(own)
+        try:
+            if next(iter(backend.client.scan_iter(backend.keys.all_keys(), count=1000)), None) is not None:
+                raise CatfleetError(f"Redis namespace {name} is not empty: not made for this run")
+            try:
+                yield own
+            finally:
+                backend.flush()
+        finally:
+            backend.close()
+
+    def stray_queues(self) -> list[QueueStats]:
+        """Queues of the namespace beyond the fleet's that hold messages: one SCAN of the
+        namespace (catfleet's own and Dramatiq's internal keys skipped by name), one pipeline of
+        TYPE for the rest (a queue's list or its ``.msgs`` hash counts), then ``queue_stats``."""
+        k = self.keys
+        fleet = set(FLEET_QUEUES)
+        keys = [
+            key.decode()
+            for key in self.client.scan_iter(k.all_keys(), count=1000)
+            if not k.is_catfleet_or_internal(key.decode())
+        ]
+        candidates = [(key, q) for key in keys if (q := k.queue_of_key(key)) is not None and q not in fleet]
+        if not candidates:
+            return []
+        with self.client.pipeline(transaction=False) as pipe:
+            for key, _ in candidates:
+                pipe.type(key)
+            types = pipe.execute()
+        names = {
+            q
+            for (key, q), kind in zip(candidates, types, strict=True)
+            if kind in (b"list", b"zset") or (kind == b"hash" and key.endswith(".msgs"))
+        }
+        return self.queue_stats(sorted(names))
 
     def workers_seen(self) -> int:
         """Broker clients whose heartbeat is fresher than the heartbeat timeout. Dramatiq beats on

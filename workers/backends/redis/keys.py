@@ -61,6 +61,23 @@ class RedisKeys:
         name = key[len(self.namespace) + 1 : -len(".XQ")]
         return None if name.startswith("__") else name
 
+    def queue_of_key(self, key: str) -> str | None:
+        """The queue a key of Dramatiq's layout belongs to (``<ns>:<q>``, ``<q>.msgs``, ``<q>.DQ``,
+        ``<q>.DQ.msgs``, ``<q>.XQ``, ``<q>.XQ.msgs`` -> ``q``); None for a key outside the
+        namespace, Dramatiq's internal keys (``__acks__``, ``__heartbeats__``) and catfleet's."""
+        prefix = self._key("")
+        if not key.startswith(prefix):
+            return None
+        name = key[len(prefix) :].removesuffix(".msgs")
+        name = name.removesuffix(".DQ").removesuffix(".XQ")
+        if not name or name.startswith(("__", "catfleet.")):
+            return None
+        return name
+
+    def is_catfleet_or_internal(self, key: str) -> bool:
+        """A key this namespace's queues never use (SCAN skips them without asking their type)."""
+        return key.startswith((self._key("__"), self._key("catfleet.")))
+
     # catfleet's
     def failures(self, message_id: str) -> str:
         return self._key(f"catfleet.failures:{message_id}")
