@@ -1,11 +1,13 @@
-"""The quality benchmark on a few generated rows: it runs end to end and cleans up (no timing
-assertions: this keeps the command from rotting). The rows are few and fully determined, so the
-report's counts are exact: a merchant corrected four times alike is auto-categorized, twice alike
-suggested; one whose labels disagree, or one never seen, gets nothing."""
+"""The quality benchmark on a few generated rows, in every mode: it runs end to end and cleans up
+(no timing assertions: this keeps the command from rotting). The rows are few and fully
+determined, so the report's counts are exact: a merchant corrected four times alike is
+auto-categorized, twice alike suggested; one whose labels disagree, or one never seen, gets
+nothing. On these rows the lookup baselines answer exactly as catfleet does."""
 
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -80,7 +82,24 @@ def test_quality_bench_runs_on_generated_rows(settings: Settings, tmp_path: Path
         ("2022-02", "train", 10, 0.0, None),  # two corrections per merchant: suggest, not auto
         ("2022-03", "test", 11, 0.5455, 1.0),
     ]
-    assert set(report.seconds) == {"load", "categorize", "learn"}
+    assert set(report.seconds) == {"load", "categorize", "learn", "score"}
+    assert (report.mode, report.gap_months, report.correction_rate) == ("holdout", [], 0.4545)
+    assert report.skipped == {"no label": 1}
+    assert list(report.methods) == ["catfleet", "exact_merchant", "normalized_merchant"]
+    for name, m in report.methods.items():  # the baselines learned the same 20 corrections
+        assert (m.overall.bands["auto"].rows, m.overall.bands["none"].rows, m.corrections) == (6, 5, 20), name
+        # seen: the 10 rows of known merchants; unseen: the refund shop
+        assert [(s.rows, s.bands["auto"].rows) for s in m.slices.values()] == [(10, 6), (1, 0)]
+        assert [(x.month, x.corrections, x.correction_rate) for x in m.months] == [
+            ("2022-01", 10, 1.0),
+            ("2022-02", 10, 0.4),
+            ("2022-03", 0, 0.4545),
+        ]
+    assert report.versus["exact_merchant"]["overall"] == {
+        "auto_rate": {"minus": 0.0, "over": 1.0},
+        "auto_precision": {"minus": 0.0, "over": 1.0},
+        "correction_rate": {"minus": 0.0, "over": 1.0},
+    }
     assert bench_databases(settings) == existing  # the throwaway database is gone
 
     out = subprocess.run(
@@ -121,3 +140,87 @@ def test_quality_bench_runs_on_generated_rows(settings: Settings, tmp_path: Path
     )
     assert missing.returncode == 1  # SystemExit with a message
     assert missing.stderr.strip() == f"catfleet bench quality: no such file: {tmp_path / 'nope.csv'}"
+
+
+def test_quality_bench_gap_mode(settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "tiny.csv"
+    write_csv(path)
+    report = run_quality_bench(settings, path, mode="gap", train_months=1, gap_months=1)
+    assert (report.train_months, report.gap_months, report.test_months) == (
+        ["2022-01"],
+        ["2022-02"],
+        ["2022-03"],
+    )
+    assert (report.train_rows, report.test_rows, report.corrections, report.split_month) == (
+        10,
+        11,
+        10,
+        "2022-03",
+    )
+    for name, m in report.methods.items():
+        # two corrections alike: 0.83, suggest (tesco, asda, bt); amazon 1 to 1 and the refund shop: none
+        got = {band: (b.rows, b.correct) for band, b in m.overall.bands.items()}
+        assert got == {"auto": (0, 0), "suggest": (6, 6), "none": (5, 0)}, name
+        assert [x.month for x in m.months] == ["2022-01", "2022-03"]  # February is not categorized
+    assert report.versus["normalized_merchant"]["overall"]["auto_rate"] == {"minus": 0.0, "over": None}
+
+
+def test_quality_bench_online_mode(settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "tiny.csv"
+    write_csv(path)
+    report = run_quality_bench(settings, path, mode="online")
+    assert (report.mode, report.split_month, report.train_rows, report.test_rows) == ("online", None, 0, 31)
+    for name, m in report.methods.items():
+        # January: nothing known, all 10 corrected; then the right suggestions are not sent, so
+        # tesco/asda/bt stay at two corrections (suggest); amazon (4 a month) and the refund shop
+        # are corrected every time
+        got = {band: (b.rows, b.correct) for band, b in m.overall.bands.items()}
+        assert got == {"auto": (0, 0), "suggest": (12, 12), "none": (19, 0)}, name
+        assert (m.corrections, m.overall.correction_rate) == (19, 0.6129), name
+        assert [(x.month, x.phase, x.rows, x.corrections, x.correction_rate) for x in m.months] == [
+            ("2022-01", "online", 10, 10, 1.0),
+            ("2022-02", "online", 10, 4, 0.4),
+            ("2022-03", "online", 11, 5, 0.4545),
+        ]
+        assert [s.rows for s in m.slices.values()] == [20, 11]  # seen in an earlier month or not
+    assert report.corrections == 19 and report.learned_patterns == 6  # the refund shop was corrected too
+
+
+def test_quality_bench_command_names_the_columns(settings: Settings, tmp_path: Path) -> None:
+    """Other column names and a day-first date, named by flags; online mode as JSON."""
+    path = tmp_path / "renamed.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["when", "shop", "value", "kind"])
+        for month in (1, 2, 3):
+            for day in (3, 17):
+                for merchant, label in MERCHANTS:
+                    w.writerow([f"{day:02d}/{month:02d}/2022", merchant, "-12.50", label])
+    flags = ["--date-column", "when", "--merchant-column", "shop", "--amount-column", "value"]
+    flags += ["--label-column", "kind", "--date-format", "%d/%m/%Y", "--currency", "ZAR"]
+    out = quality_command(settings, "--data", str(path), "--mode", "online", "--json", *flags)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["columns"] == {"date": "when", "merchant": "shop", "amount": "value", "label": "kind"}
+    assert (doc["test_rows"], doc["corrections"], doc["correction_rate"]) == (30, 18, 0.6)
+    assert doc["methods"]["normalized_merchant"]["overall"]["wrong_or_missing"] == 18
+    assert doc["versus"]["exact_merchant"]["overall"]["correction_rate"] == {"minus": 0.0, "over": 1.0}
+    bad = quality_command(settings, "--data", str(path), "--mode", "gap", *flags)
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == (
+        "catfleet bench quality: --mode gap needs --train-months N (N >= 1) and --gap-months M (M >= 0)"
+    )
+    unnamed = quality_command(settings, "--data", str(path))
+    assert unnamed.returncode == 1
+    assert unnamed.stderr.strip().startswith("catfleet bench quality: no date column 'trans_date' or")
+
+
+def quality_command(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workers", "bench", "quality", *args],
+        env=settings_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
