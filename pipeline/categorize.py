@@ -18,11 +18,13 @@ from pipeline.matcher import (
     Thresholds,
     decide,
     merchant_hits,
+    token_hits,
 )
 from pipeline.normalize import merchant_keys, normalize_merchant
 from pipeline.resolver import PatternResolver
 from pipeline.rules import Hit
 from pipeline.stores import CategorizationSink, ExpenseSource, WriteMeta
+from pipeline.tokens import TOKEN_ENTRY, TOKEN_ENTRY_MAX, token_key, token_keys
 from schemas import Expense, Outcome
 
 #: Decisions memoized per worker process (see ``Categorizer._decide``); cleared when full
@@ -83,9 +85,15 @@ class Categorizer:
             found = self._merchant_patterns(version, todo, keys_of, cache)
             rules = self.resolver.rules(version)
             decisions: list[tuple[int, Decision]] = []
+            by_name: dict[tuple[int, str], list[Hit]] = {}  # merchant and token hits, per batch
             for e in todo:
                 keys = keys_of[e.id]
-                hits = merchant_hits(e.user_id, keys, found)
+                name = (e.user_id, keys[0] if keys else "")
+                named = by_name.get(name)
+                if named is None:
+                    named = merchant_hits(e.user_id, keys, found) + token_hits(e.user_id, name[1], found)
+                    by_name[name] = named
+                hits = list(named)
                 hits.extend(
                     h
                     for h in rules.match(e, keys[0] if keys else "")
@@ -128,23 +136,42 @@ class Categorizer:
         return d
 
     def _merchant_patterns(
-        self, version: int, todo: Sequence[Expense], keys_of: dict[int, list[str]], cache: Counter[str]
+        self,
+        version: int,
+        todo: Sequence[Expense],
+        keys_of: dict[int, list[str]],
+        cache: Counter[str],
     ) -> dict[MerchantKey, Entry]:
         """Global entries for every merchant key plus one entry per user with all of the user's own
-        merchant patterns; only a user with more than USER_ENTRY_MAX of them is looked up per name."""
-        wanted: set[MerchantKey] = {(e.user_id, USER_ENTRY) for e in todo}
+        merchant patterns; only a user with more than USER_ENTRY_MAX of them is looked up per name.
+        Learned token votes come in the same lookup (the same tiers, the same one PostgreSQL query
+        for what the caches missed): the fleet's per token, the user's as one entry per user
+        (per token only for a user with more than TOKEN_ENTRY_MAX of them)."""
+        users = {e.user_id for e in todo}
+        wanted: set[MerchantKey] = {(user, entry) for user in users for entry in (USER_ENTRY, TOKEN_ENTRY)}
         wanted.update((0, key) for e in todo for key in keys_of[e.id])
+        names = {(e.user_id, keys_of[e.id][0]) for e in todo if keys_of[e.id]}
+        wanted.update((0, key) for _, name in names for key in token_keys(name))
         found = self.resolver.merchants(version, wanted, cache)
         many: set[int] = set()
-        for user, _ in {k for k in wanted if k[1] == USER_ENTRY}:
+        many_tokens: set[int] = set()
+        for user in users:
             own = found[(user, USER_ENTRY)]
             if len(own) > USER_ENTRY_MAX:
                 many.add(user)
-                continue
-            for p in own:
-                found[(user, p.value)] = (*found.get((user, p.value), ()), p)
-        if many:
+            else:
+                for p in own:
+                    found[(user, p.value)] = (*found.get((user, p.value), ()), p)
+            votes = found[(user, TOKEN_ENTRY)]
+            if len(votes) > TOKEN_ENTRY_MAX:
+                many_tokens.add(user)
+            else:
+                for p in votes:
+                    key = (user, token_key(p.value))
+                    found[key] = (*found.get(key, ()), p)
+        if many or many_tokens:
             keys = {(e.user_id, key) for e in todo if e.user_id in many for key in keys_of[e.id]}
+            keys.update((u, key) for u, name in names if u in many_tokens for key in token_keys(name))
             found.update(self.resolver.merchants(version, keys, cache))
         return found
 

@@ -18,7 +18,11 @@ A correction (expense, chosen category, idempotency key):
    switched off when that falls below ``DEACTIVATE_BELOW``. A global pattern is not changed by
    one user's correction (only its usage count grows); the user's learned pattern outranks it
    for that user anyway;
-5. bumps the ruleset version (the statement trigger does it), so the next batch on every worker
+5. labels the expense with its normalized merchant and category and moves the votes that
+   changes (``pipeline.generalize``): the user's vote for the merchant (the majority of its
+   labelled expenses), the tokens of that merchant (once per distinct merchant), the fleet's
+   vote and its global learned pattern (``FLEET_MIN_USERS`` different users must agree);
+6. bumps the ruleset version (the statement triggers do it), so the next batch on every worker
    misses its caches and sees the new rules.
 """
 
@@ -33,6 +37,7 @@ import psycopg
 from pipeline import queries
 from pipeline.db import Database
 from pipeline.errors import ConflictingCorrection, UnknownCategory, UnknownExpense
+from pipeline.generalize import apply_label
 from pipeline.normalize import normalize_merchant
 from schemas import Correction
 
@@ -58,6 +63,7 @@ class LearnReport(msgspec.Struct, kw_only=True):
     previous_category_id: int | None = None
     pattern_id: int | None = None  # the learned (or strengthened) merchant pattern
     weakened: list[int] = msgspec.field(default_factory=list)
+    fleet_pattern_id: int | None = None  # the merchant's global learned pattern, when it has one
     ruleset_version: int | None = None
 
 
@@ -136,6 +142,10 @@ class Learner:
         if value:
             report.pattern_id = conn.execute(queries.LEARN_MERCHANT_PATTERN, params).fetchone()[0]  # type: ignore[index]
             report.weakened += [r[0] for r in conn.execute(queries.WEAKEN_MERCHANT_SIBLINGS, params)]
+            generalized = apply_label(
+                conn, expense_id=c.expense_id, user_id=user_id, merchant=value, category_id=chosen
+            )
+            report.fleet_pattern_id = generalized.fleet_pattern_id
         if previous_pattern is not None and previous_source == "auto" and previous_category != chosen:
             weakened = conn.execute(
                 queries.WEAKEN_PREVIOUS_PATTERN,

@@ -1,10 +1,17 @@
 """Choosing a category: precedence, confidence, band and the explanation stored with it.
 
 Precedence, highest first: the user's own merchant preference, the user's other patterns,
-global merchant patterns, global rules. Within a tier the category with the highest combined
-score wins (ties: lowest category id); a competing category in the same tier, or in a stronger
-tier that was too unsure to decide, lowers the confidence; agreeing hits from other tiers raise it. Below the suggest threshold the
-expense stays uncategorized.
+global merchant patterns (seed and person-saved), fleet-learned merchant patterns (merchants
+enough different users corrected alike), the user's learned tokens, the fleet's learned tokens,
+global rules. Within a tier the category with the highest combined score wins (ties: lowest
+category id); a competing category in the same tier, or in a stronger tier that was too unsure
+to decide, lowers the confidence; agreeing hits from other tiers raise it. Below the suggest
+threshold the expense stays uncategorized.
+
+Tokens of one merchant say the same thing more than once ('petrol', 'petrol station'), so a
+token tier scores a category by its best token, not by combining them; and a token's score with
+fewer than ``TOKEN_STRONG_MERCHANTS`` agreeing merchants is capped just under the auto threshold
+(alone it is a suggestion; agreeing hits of other tiers may still lift it).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from collections.abc import Mapping, Sequence
 import msgspec
 
 from pipeline.rules import Hit
+from pipeline.tokens import TOKEN_STRONG_MERCHANTS, token_keys
 from schemas import Pattern, PatternKind
 
 #: A merchant pattern found by a shorter prefix of the name counts for less per dropped level.
@@ -24,7 +32,18 @@ CONFLICT_PENALTY = 0.5
 SUPPORT_BONUS = 0.5
 MAX_EXPLAINED_HITS = 8
 
-TIERS = ("user_merchant", "user_rule", "global_merchant", "global_rule")
+TIERS = (
+    "user_merchant",
+    "user_rule",
+    "global_merchant",
+    "fleet_merchant",
+    "user_token",
+    "fleet_token",
+    "global_rule",
+)
+TOKEN_TIERS = frozenset({4, 5})
+#: Token decisions below TOKEN_STRONG_MERCHANTS stay this far under the auto threshold.
+TOKEN_CAP_MARGIN = 0.001
 MerchantKey = tuple[int, str]  # (user id, or 0 for global; normalized merchant)
 #: The key ``(user, USER_ENTRY)`` holds all of a user's own merchant patterns, up to
 #: ``USER_ENTRY_MAX`` (a longer entry means "too many: look them up per merchant name"), so a
@@ -63,9 +82,29 @@ def merchant_hits(
     return hits
 
 
+def token_hits(user_id: int, merchant: str, found: Mapping[MerchantKey, Sequence[Pattern]]) -> list[Hit]:
+    """Hits of the learned token votes of the normalized merchant's tokens: the user's, then the
+    fleet's."""
+    hits: list[Hit] = []
+    for scope in (user_id, 0):
+        for key in token_keys(merchant):
+            for p in found.get((scope, key), ()):
+                why = f"token {p.value!r}: {p.support} of {p.seen} merchants"
+                hits.append(Hit(p, p.weight, why))
+    return hits
+
+
 def _tier(hit: Hit) -> int:
     p = hit.pattern
-    return (0 if p.user_id is not None else 2) + (0 if p.kind is PatternKind.MERCHANT else 1)
+    """The index of the hit's tier in ``TIERS`` (lower: stronger)."""
+    p = hit.pattern
+    if p.kind is PatternKind.TOKEN:
+        return 4 if p.user_id is not None else 5
+    if p.user_id is not None:
+        return 0 if p.kind is PatternKind.MERCHANT else 1
+    if p.kind is PatternKind.MERCHANT:
+        return 3 if p.seen else 2  # seen > 0: learned from different users' corrections
+    return 6
 
 
 def _combine(scores: Sequence[float]) -> float:
@@ -83,7 +122,7 @@ def decide(hits: Sequence[Hit], thresholds: Thresholds) -> Decision:
     groups: dict[tuple[int, int], list[float]] = {}
     for tier, _, _, _, h in ordered:
         groups.setdefault((tier, h.pattern.category_id), []).append(h.score)
-    combined = {key: _combine(scores) for key, scores in groups.items()}
+    combined = {k: max(scores) if k[0] in TOKEN_TIERS else _combine(scores) for k, scores in groups.items()}
     fired = [_explain(h) for *_, h in ordered[:MAX_EXPLAINED_HITS]]
     best_weak = 0.0
     for tier in sorted({t for t, _ in combined}):
@@ -91,6 +130,10 @@ def decide(hits: Sequence[Hit], thresholds: Thresholds) -> Decision:
         score, neg_category = ranked[0]
         category = -neg_category
         runner_up = ranked[1][0] if len(ranked) > 1 else 0.0
+        lead = next(h for t, _, _, _, h in ordered if t == tier and h.pattern.category_id == category)
+        if tier in TOKEN_TIERS and lead.pattern.support < TOKEN_STRONG_MERCHANTS:
+            # weak token evidence alone is at most a suggestion; agreeing other tiers may lift it
+            score = min(score, thresholds.auto - TOKEN_CAP_MARGIN)
         # A weaker tier decides only what the stronger ones left open: their disagreeing hits
         # (the user's own, ambiguous history of a merchant) count against it like a runner-up.
         overruled = max((v for (t, c), v in combined.items() if t < tier and c != category), default=0.0)
@@ -100,10 +143,23 @@ def decide(hits: Sequence[Hit], thresholds: Thresholds) -> Decision:
                 confidence = 1.0 - (1.0 - confidence) * (1.0 - SUPPORT_BONUS * h.score)
         confidence = round(min(confidence, 1.0), 4)
         if confidence >= thresholds.suggest:
-            lead = next(h for t, _, _, _, h in ordered if t == tier and h.pattern.category_id == category)
             band = "auto" if confidence >= thresholds.auto else "suggest"
-            explanation = {"decided_by": TIERS[tier], "runner_up_score": round(runner_up, 4), "fired": fired}
-            return Decision(category, lead.pattern.id, confidence, band, lead.pattern.kind.value, explanation)
+            explanation: dict[str, object] = {
+                "decided_by": TIERS[tier],
+                "runner_up_score": round(runner_up, 4),
+                "fired": fired,
+            }
+            pattern_id: int | None = lead.pattern.id
+            if tier in TOKEN_TIERS:
+                pattern_id = None  # a token vote is no categorization_patterns row
+                explanation["tokens"] = [
+                    {"token": h.pattern.value, "merchants": h.pattern.support, "of": h.pattern.seen}
+                    for t, _, _, _, h in ordered
+                    if t == tier and h.pattern.category_id == category
+                ]
+            elif tier == 3:
+                explanation["users"] = {"agreeing": lead.pattern.support, "of": lead.pattern.seen}
+            return Decision(category, pattern_id, confidence, band, lead.pattern.kind.value, explanation)
         best_weak = max(best_weak, confidence)
     reason = "every candidate scored below the suggest threshold"
     explanation = {"decided_by": None, "reason": reason, "fired": fired}
@@ -117,11 +173,17 @@ _NO_HIT = Decision(
 
 def _explain(hit: Hit) -> dict[str, object]:
     p = hit.pattern
-    return {
-        "pattern_id": p.id,
+    line: dict[str, object] = {
+        "pattern_id": None if p.kind is PatternKind.TOKEN else p.id,
         "kind": p.kind.value,
         "scope": "global" if p.user_id is None else "user",
         "category_id": p.category_id,
         "score": round(hit.score, 4),
         "why": hit.detail,
     }
+    tier = _tier(hit)
+    if tier in TOKEN_TIERS:
+        line.update(tier="token", token=p.value, merchants=p.support, of=p.seen)
+    elif tier == 3:
+        line.update(tier="fleet", users=p.support, of=p.seen)
+    return line

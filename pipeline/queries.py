@@ -17,17 +17,44 @@ WHERE e.id = ANY(%(ids)s::bigint[]) AND e.deleted_at IS NULL
 #: L3 merchant lookup for the keys the caches missed. Part 0: the global (and, for users with
 #: very many, the user's) patterns of the asked merchant names. Part 1: all merchant patterns of
 #: each asked user, up to a bound: one cache entry per user instead of one per user and merchant.
+#: Part 2: the token votes of the asked (user or 0, token) pairs, each with the merchants of its
+#: token (all categories) and only those of at least ``token_min`` merchants; a vote for a deleted
+#: category is ignored. Part 3: all such votes of each asked user, up to a bound (one cache entry
+#: per user, like part 1). Parts 0 and 1 carry a fleet-learned global pattern's evidence (agreeing
+#: users, voting users) in the last two columns, 0 for every other pattern.
 LOAD_MERCHANT_PATTERNS: LiteralString = """
-SELECT 0 AS part, id, user_id, category_id, kind, value, weight
+SELECT 0 AS part, id, user_id, category_id, kind, value, weight,
+       CASE WHEN user_id IS NULL AND source = 'learned' THEN success_count ELSE 0 END AS support,
+       CASE WHEN user_id IS NULL AND source = 'learned' THEN usage_count ELSE 0 END AS seen
 FROM categorization_patterns
 WHERE kind = 'merchant' AND active AND value = ANY(%(values)s::text[])
   AND (user_id IS NULL OR user_id = ANY(%(users)s::bigint[]))
 UNION ALL
-SELECT 1 AS part, id, user_id, category_id, kind, value, weight
+SELECT 1 AS part, id, user_id, category_id, kind, value, weight, 0, 0
 FROM (SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY id) AS n
       FROM categorization_patterns
       WHERE kind = 'merchant' AND active AND user_id = ANY(%(entry_users)s::bigint[])) own
 WHERE n <= %(entry_max)s + 1
+UNION ALL
+SELECT 2 AS part, -t.id, t.user_id, t.category_id, 'token', t.token, 0::real, t.merchants, t.seen
+FROM (SELECT v.id, v.user_id, v.token, v.category_id, v.merchants::bigint AS merchants,
+             (sum(v.merchants) OVER (PARTITION BY v.user_id, v.token))::bigint AS seen
+      FROM learned_token_votes v
+      JOIN unnest(%(token_users)s::bigint[], %(tokens)s::text[]) AS q(user_id, token)
+        ON v.user_id = q.user_id AND v.token = q.token
+      JOIN categories k ON k.id = v.category_id
+      WHERE v.merchants > 0) t
+WHERE t.merchants >= %(token_min)s
+UNION ALL
+SELECT 3 AS part, -t.id, t.user_id, t.category_id, 'token', t.token, 0::real, t.merchants, t.seen
+FROM (SELECT u.*, row_number() OVER (PARTITION BY u.user_id ORDER BY u.id DESC) AS n
+      FROM (SELECT v.id, v.user_id, v.token, v.category_id, v.merchants::bigint AS merchants,
+                   (sum(v.merchants) OVER (PARTITION BY v.user_id, v.token))::bigint AS seen
+            FROM learned_token_votes v
+            JOIN categories k ON k.id = v.category_id
+            WHERE v.user_id = ANY(%(token_entry_users)s::bigint[]) AND v.merchants > 0) u
+      WHERE u.merchants >= %(token_min)s) t
+WHERE t.n <= %(token_entry_max)s + 1
 """
 
 #: The rule set: every active non-merchant pattern, global and per user, with the version they
@@ -240,7 +267,122 @@ UPDATE categorization_patterns p SET
 WHERE p.id = %(pattern_id)s AND p.category_id <> %(category_id)s
   AND (p.user_id IS NULL OR p.user_id = %(user_id)s)
   AND NOT (p.user_id IS NOT NULL AND p.kind = 'merchant' AND p.value = %(value)s)
+  AND NOT (p.user_id IS NULL AND p.source = 'learned')  -- fleet patterns count users (below)
 RETURNING p.id, p.user_id IS NOT NULL AS weakened
+"""
+
+# --- Generalization (pipeline/generalize.py), in the correction's transaction. ---
+
+#: The expense's label (its current user category, its normalized merchant) before this
+#: correction, locked; then the new one.
+LOAD_LABEL: LiteralString = """
+SELECT merchant, category_id FROM learned_labels WHERE expense_id = %(expense_id)s FOR UPDATE
+"""
+
+SAVE_LABEL: LiteralString = """
+INSERT INTO learned_labels (expense_id, user_id, merchant, category_id)
+VALUES (%(expense_id)s, %(user_id)s, %(merchant)s, %(category_id)s)
+ON CONFLICT (expense_id) DO UPDATE SET
+    user_id = EXCLUDED.user_id, merchant = EXCLUDED.merchant, category_id = EXCLUDED.category_id
+"""
+
+#: The user's vote for a merchant: the category most of its labelled expenses carry (ties: the
+#: category just chosen, then the lowest id); none when no expense of it is labelled. Returns
+#: the vote before and after.
+REVOTE_MERCHANT: LiteralString = """
+WITH new AS (
+    SELECT category_id FROM learned_labels
+    WHERE user_id = %(user_id)s AND merchant = %(merchant)s
+    GROUP BY category_id
+    ORDER BY count(*) DESC, bool_or(category_id = %(category_id)s) DESC, category_id
+    LIMIT 1),
+old AS (
+    SELECT category_id FROM learned_merchant_votes
+    WHERE user_id = %(user_id)s AND merchant = %(merchant)s FOR UPDATE),
+saved AS (
+    INSERT INTO learned_merchant_votes (user_id, merchant, category_id)
+    SELECT %(user_id)s, %(merchant)s, category_id FROM new
+    ON CONFLICT (user_id, merchant) DO UPDATE SET category_id = EXCLUDED.category_id
+    RETURNING 1),
+dropped AS (
+    DELETE FROM learned_merchant_votes
+    WHERE user_id = %(user_id)s AND merchant = %(merchant)s AND NOT EXISTS (SELECT 1 FROM new)
+    RETURNING 1)
+SELECT (SELECT category_id FROM old), (SELECT category_id FROM new)
+"""
+
+#: The fleet's vote for a merchant (stored as user 0): the category at least ``min_users``
+#: different users voted for, more than for any other; none otherwise. Returns the vote before
+#: and after, the users agreeing with the new one and all users voting on the merchant.
+REVOTE_FLEET: LiteralString = """
+WITH tally AS (
+    SELECT category_id, count(*) AS users FROM learned_merchant_votes
+    WHERE merchant = %(merchant)s AND user_id <> 0
+    GROUP BY category_id),
+ranked AS (
+    SELECT category_id, users, sum(users) OVER () AS voters,
+           row_number() OVER (ORDER BY users DESC, category_id) AS n
+    FROM tally),
+new AS (
+    SELECT category_id, users, voters FROM ranked
+    WHERE n = 1 AND users >= %(min_users)s
+      AND users > coalesce((SELECT users FROM ranked WHERE n = 2), 0)),
+old AS (
+    SELECT category_id FROM learned_merchant_votes
+    WHERE user_id = 0 AND merchant = %(merchant)s FOR UPDATE),
+saved AS (
+    INSERT INTO learned_merchant_votes (user_id, merchant, category_id)
+    SELECT 0, %(merchant)s, category_id FROM new
+    ON CONFLICT (user_id, merchant) DO UPDATE SET category_id = EXCLUDED.category_id
+    RETURNING 1),
+dropped AS (
+    DELETE FROM learned_merchant_votes
+    WHERE user_id = 0 AND merchant = %(merchant)s AND NOT EXISTS (SELECT 1 FROM new)
+    RETURNING 1)
+SELECT (SELECT category_id FROM old), new.category_id, new.users, new.voters
+FROM (SELECT 1) one LEFT JOIN new ON true
+"""
+
+#: The global learned pattern of the fleet's vote: weight, usage (voting users) and success
+#: (agreeing users) follow the tally. A seed or person-saved global pattern of the same merchant
+#: and category is left as it is.
+SAVE_FLEET_PATTERN: LiteralString = """
+INSERT INTO categorization_patterns AS p
+    (user_id, category_id, kind, value, weight, source, usage_count, success_count)
+VALUES (NULL, %(category_id)s, 'merchant', %(merchant)s, %(weight)s, 'learned', %(voters)s, %(users)s)
+ON CONFLICT ON CONSTRAINT categorization_patterns_uniq DO UPDATE SET
+    weight = CASE WHEN p.source = 'learned' THEN EXCLUDED.weight ELSE p.weight END,
+    usage_count = CASE WHEN p.source = 'learned' THEN EXCLUDED.usage_count ELSE p.usage_count END,
+    success_count = CASE WHEN p.source = 'learned' THEN EXCLUDED.success_count ELSE p.success_count END,
+    updated_at = now()
+WHERE (p.weight, p.usage_count, p.success_count)
+      IS DISTINCT FROM (EXCLUDED.weight, EXCLUDED.usage_count, EXCLUDED.success_count)
+RETURNING id
+"""
+
+#: Global learned patterns of the merchant for any category but the fleet's vote (all of them
+#: when the fleet has none): the users no longer agree enough.
+DROP_FLEET_PATTERNS: LiteralString = """
+DELETE FROM categorization_patterns
+WHERE user_id IS NULL AND kind = 'merchant' AND value = %(merchant)s AND source = 'learned'
+  AND category_id IS DISTINCT FROM %(category_id)s::bigint
+RETURNING id
+"""
+
+#: A merchant's vote moved from ``old`` to ``new`` (either may be NULL) in ``scope`` (a user, or
+#: 0 for the fleet): each of its tokens loses one merchant for the old category and gains one
+#: for the new.
+MOVE_TOKEN_VOTES: LiteralString = """
+WITH lost AS (
+    UPDATE learned_token_votes SET merchants = merchants - 1
+    WHERE user_id = %(scope)s AND category_id = %(old)s::bigint AND token = ANY(%(tokens)s::text[])
+      AND merchants > 0
+    RETURNING 1)
+INSERT INTO learned_token_votes AS t (user_id, token, category_id, merchants)
+SELECT %(scope)s, token, %(new)s::bigint, 1 FROM unnest(%(tokens)s::text[]) AS token
+WHERE %(new)s::bigint IS NOT NULL
+ORDER BY token
+ON CONFLICT (user_id, token, category_id) DO UPDATE SET merchants = t.merchants + 1
 """
 
 #: The user's own category: source 'user', never overwritten by automatic runs afterwards.

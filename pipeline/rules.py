@@ -80,6 +80,8 @@ class Hit(msgspec.Struct, frozen=True):
 def canonical_value(kind: PatternKind | str, value: str) -> str:
     """The stored form of a pattern value; raises InvalidPattern with a clear reason."""
     kind = PatternKind(kind)
+    if kind is PatternKind.TOKEN:
+        raise InvalidPattern("token patterns are learned from corrections, not saved")
     if kind is PatternKind.MERCHANT:
         out = normalize_merchant(value)
     elif kind in (PatternKind.KEYWORD, PatternKind.DESCRIPTION):

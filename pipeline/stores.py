@@ -14,6 +14,15 @@ import msgspec
 from pipeline import queries
 from pipeline.db import Database
 from pipeline.matcher import USER_ENTRY, USER_ENTRY_MAX, Decision, MerchantKey
+from pipeline.tokens import (
+    TOKEN_ENTRY,
+    TOKEN_ENTRY_MAX,
+    TOKEN_KEY_PREFIX,
+    TOKEN_MIN_MERCHANTS,
+    is_token_key,
+    token_key,
+    token_weight,
+)
 from schemas import Expense, Pattern, PatternKind
 
 _json = msgspec.json.Encoder()
@@ -45,7 +54,11 @@ class PatternSource(abc.ABC):
     def load_merchants(self, keys: Collection[MerchantKey]) -> dict[MerchantKey, tuple[Pattern, ...]]:
         """An entry for every key asked, patterns in id order (empty: none match). ``(user, value)``
         is the user's active merchant patterns for ``value`` (user 0: the global ones);
-        ``(user, USER_ENTRY)`` is all of the user's, at most ``USER_ENTRY_MAX + 1``."""
+        ``(user, USER_ENTRY)`` is all of the user's, at most ``USER_ENTRY_MAX + 1``;
+        ``(user, token_key(token))`` is the user's learned token votes (user 0: the fleet's), as
+        ``PatternKind.TOKEN`` patterns of at least ``TOKEN_MIN_MERCHANTS`` merchants, and
+        ``(user, TOKEN_ENTRY)`` all of the user's, at most ``TOKEN_ENTRY_MAX + 1`` (a store without
+        token learning answers both empty)."""
 
     @abc.abstractmethod
     def load_rules(self) -> tuple[int, tuple[Pattern, ...]]:
@@ -99,8 +112,30 @@ def expense_from_row(r: Sequence[Any]) -> Expense:
 
 
 def pattern_from_row(row: Sequence[Any]) -> Pattern:
+    """A Pattern from (id, user_id, category_id, kind, value, weight[, support, seen])."""
     return Pattern(
-        id=row[0], user_id=row[1], category_id=row[2], kind=PatternKind(row[3]), value=row[4], weight=row[5]
+        id=row[0],
+        user_id=row[1],
+        category_id=row[2],
+        kind=PatternKind(row[3]),
+        value=row[4],
+        weight=row[5],
+        support=row[6] if len(row) > 6 else 0,
+        seen=row[7] if len(row) > 7 else 0,
+    )
+
+
+def token_pattern(vote_id: int, scope: int, category_id: int, token: str, support: int, seen: int) -> Pattern:
+    """A token vote as the matcher reads it (id: minus the vote's id, never a pattern's)."""
+    return Pattern(
+        id=-abs(vote_id),
+        user_id=scope or None,
+        category_id=category_id,
+        kind=PatternKind.TOKEN,
+        value=token,
+        weight=token_weight(support, seen),
+        support=support,
+        seen=seen,
     )
 
 
@@ -116,15 +151,34 @@ class PatternStore(PatternSource):
         """An entry for every key asked (empty when nothing matches: negative entries). The key
         ``(user, USER_ENTRY)`` asks for all of the user's merchant patterns (at most
         ``USER_ENTRY_MAX + 1``: one more says "too many, look them up by name")."""
-        values = sorted({v for _, v in keys if v != USER_ENTRY})
-        users = sorted({u for u, v in keys if u and v != USER_ENTRY})
+        names = [(u, v) for u, v in keys if v != USER_ENTRY and not is_token_key(v)]
+        tokens = sorted(
+            (u, v[len(TOKEN_KEY_PREFIX) :]) for u, v in keys if is_token_key(v) and v != TOKEN_ENTRY
+        )
+        values = sorted({v for _, v in names})
+        users = sorted({u for u, _ in names if u})
         entry_users = sorted({u for u, v in keys if u and v == USER_ENTRY})
-        params = {"values": values, "users": users, "entry_users": entry_users, "entry_max": USER_ENTRY_MAX}
+        params = {
+            "values": values,
+            "users": users,
+            "entry_users": entry_users,
+            "entry_max": USER_ENTRY_MAX,
+            "token_users": [u for u, _ in tokens],
+            "tokens": [t for _, t in tokens],
+            "token_min": TOKEN_MIN_MERCHANTS,
+            "token_entry_users": sorted({u for u, v in keys if u and v == TOKEN_ENTRY}),
+            "token_entry_max": TOKEN_ENTRY_MAX,
+        }
         rows = self.db.run(lambda c: c.execute(queries.LOAD_MERCHANT_PATTERNS, params).fetchall(), read=True)
         found: dict[MerchantKey, list[Pattern]] = {key: [] for key in keys}
         for row in rows:
-            p = pattern_from_row(row[1:])
-            bucket = found.get((p.user_id or 0, USER_ENTRY if row[0] else p.value))
+            if row[0] >= 2:  # a token vote: (part, -id, scope, category, 'token', token, _, support, seen)
+                p = token_pattern(row[1], row[2], row[3], row[5], row[7], row[8])
+                key = (row[2], token_key(p.value) if row[0] == 2 else TOKEN_ENTRY)
+            else:
+                p = pattern_from_row(row[1:])
+                key = (p.user_id or 0, USER_ENTRY if row[0] else p.value)
+            bucket = found.get(key)
             if bucket is not None:
                 bucket.append(p)
         return {k: tuple(sorted(v, key=lambda p: p.id)) for k, v in found.items()}

@@ -13,6 +13,9 @@ class PatternKind(enum.StrEnum):
     REGEX = "regex"
     AMOUNT_RANGE = "amount_range"
     TIME = "time"
+    #: Learned from corrections across merchants (``learned_token_votes``), never saved as a
+    #: ``categorization_patterns`` row.
+    TOKEN = "token"
 
 
 class Outcome(enum.StrEnum):
@@ -37,7 +40,13 @@ class Expense(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Pattern(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
-    """A categorization pattern as cached (array_like: compact in Redis)."""
+    """A categorization pattern as cached (array_like: compact in Redis).
+
+    ``support`` and ``seen`` are the evidence of learned generalizations (0 for every other
+    pattern): for a ``token`` pattern, the distinct merchants with the token that vote for its
+    category and all merchants with the token; for a fleet-learned global ``merchant`` pattern,
+    the users who corrected the merchant to its category and all users who corrected it.
+    """
 
     id: int
     user_id: int | None
@@ -45,6 +54,8 @@ class Pattern(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     kind: PatternKind
     value: str
     weight: float
+    support: int = 0
+    seen: int = 0
 
 
 class Categorization(msgspec.Struct, frozen=True, kw_only=True):

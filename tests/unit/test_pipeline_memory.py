@@ -36,6 +36,7 @@ from pipeline.stores import (
     PatternStore,
     WriteMeta,
 )
+from pipeline.tokens import token_key
 from schemas import Expense
 from tests.support import data
 
@@ -249,6 +250,15 @@ class TestStoreContract:
         assert row.explanation["decided_by"] == "global_merchant"
         fired = row.explanation["fired"][0]
         assert (fired["pattern_id"], fired["kind"], fired["scope"]) == (starbucks, "merchant", "global")
+
+    def test_token_keys_without_learned_votes_answer_empty(self, backend: Backend) -> None:
+        """Token votes are learned from corrections (PostgreSQL only): with none, a token key is a
+        negative entry in both stores, next to the merchant entries of the same lookup."""
+        keys = {(1, token_key("starbucks")), (0, token_key("starbucks")), (0, "starbucks")}
+        found = backend.patterns.load_merchants(keys)
+        assert found.keys() == keys
+        assert found[(1, token_key("starbucks"))] == () == found[(0, token_key("starbucks"))]
+        assert [p.id for p in found[(0, "starbucks")]] == [backend.seeded["starbucks"]]
 
     def test_a_users_own_pattern_beats_the_global_one(self, backend: Backend) -> None:
         cats, starbucks = backend.cats, backend.seeded["starbucks"]
