@@ -5,6 +5,7 @@ a field's type, pass IDs, not objects. Each payload travels as the single positi
 argument of its actor: ``"args": [{...payload...}]``.
 """
 
+import re
 from typing import Annotated
 
 import msgspec
@@ -19,9 +20,31 @@ LEARN_ACTOR = "learn_from_correction"
 MAX_BATCH_IDS = 10_000
 #: Expense IDs are PostgreSQL bigints.
 MAX_EXPENSE_ID = 2**63 - 1
+#: The longest string any wire field (payload or envelope) may hold, in characters.
+MAX_TEXT_CHARS = 200
+
+#: What PostgreSQL cannot store in a text column: NUL, and lone surrogates (not UTF-8 once
+#: encoded). Every string field of the wire payloads must match this (msgspec: ``re.search``).
+TEXT_PATTERN = r"^[^\x00\ud800-\udfff]*$"
+_TEXT_RE = re.compile(TEXT_PATTERN)
 
 ExpenseId = Annotated[int, msgspec.Meta(ge=1, le=MAX_EXPENSE_ID)]
-ShortText = Annotated[str, msgspec.Meta(max_length=200)]
+#: Optional free text: at most MAX_TEXT_CHARS, storable by PostgreSQL.
+ShortText = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_CHARS, pattern=TEXT_PATTERN)]
+#: The same, never empty.
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT_CHARS, pattern=TEXT_PATTERN)]
+
+
+def text_problem(value: object, *, max_chars: int = MAX_TEXT_CHARS) -> str | None:
+    """Why ``value`` is not a wire string PostgreSQL can store (None: it is one). The same rule
+    as ``ShortText``, for the envelope fields the typed payloads do not cover."""
+    if not isinstance(value, str):
+        return f"expected a string, got {type(value).__name__}"
+    if len(value) > max_chars:
+        return f"longer than {max_chars} characters ({len(value)})"
+    if not _TEXT_RE.search(value):
+        return "contains NUL or a lone surrogate"
+    return None
 
 
 class CategorizeBatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -36,7 +59,7 @@ class Correction(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A user chose a category for an expense: the learning input."""
 
     expense_id: ExpenseId
-    category_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    category_key: Key
     #: Unique per correction; replays with the same key change nothing.
-    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    idempotency_key: Key
     correlation_id: ShortText | None = None

@@ -32,11 +32,15 @@ import pybreaker
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pipeline.rules import SkippedPattern
+from schemas import CATEGORIZE_ACTOR, LEARN_ACTOR
 
 #: The registry of the metrics below (read directly only in single-process use, e.g. tests;
 #: in a worker the values go to the multiprocess directory and the endpoint reads them there).
 REGISTRY = CollectorRegistry(auto_describe=True)
 
+#: The ``actor_name`` label values; any other name is labelled UNKNOWN_LABEL.
+ACTORS = (CATEGORIZE_ACTOR, LEARN_ACTOR)
+UNKNOWN_LABEL = "unknown"
 OUTCOMES = ("categorized", "suggested", "uncategorized", "missing", "user_kept")
 CACHE_TIERS = ("l1", "l2", "l3")
 CACHE_RESULTS = ("hit", "miss", "error")
@@ -119,9 +123,14 @@ def _tier_result(key: str) -> tuple[str, str] | None:
     return None
 
 
+def actor_label(actor_name: str) -> str:
+    """The fleet's actor names as they are; anything else one fixed value (bounded labels)."""
+    return actor_name if actor_name in ACTORS else UNKNOWN_LABEL
+
+
 def record_batch(report: Any, *, actor_name: str, latency_s: float | None) -> None:
     """Count one ``pipeline.categorize.BatchReport`` (duck-typed: keeps this module Dramatiq-free)."""
-    BATCH_SIZE.labels(actor_name).observe(report.requested)
+    BATCH_SIZE.labels(actor_label(actor_name)).observe(report.requested)
     for outcome, n in report.outcomes.items():
         if outcome in OUTCOMES and n:
             EXPENSES.labels(outcome).inc(n)

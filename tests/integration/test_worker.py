@@ -71,10 +71,11 @@ def test_enqueue_to_rows_through_a_real_worker(
         assert cache.get("l2_hit", 0) + l2_missed == cache["l1_miss"]  # L2 is asked what L1 missed
         assert cache.get("l3_hit", 0) + cache.get("l3_miss", 0) == l2_missed  # L3 what L2 did not answer
     assert {k[:2] for line in lines for k in line["cache"]} >= {"l1", "l2"}  # L1's misses went on to L2
-    # L1 lookups: the user's own entry plus each distinct merchant key of the batch (one user):
+    # L1 lookups: the user's own merchant entry and own token entry, plus per distinct merchant
+    # of the batch (one user) its merchant key and its fleet-wide token key:
     # 25 x starbucks, 5 x starbucks + 20 x walmart, 10 x walmart + the missing id
     lookups = sorted((line["size"], line["cache"]["l1_hit"] + line["cache"]["l1_miss"]) for line in lines)
-    assert lookups == [(11, 2), (25, 2), (25, 3)]
+    assert lookups == [(11, 2 + 2), (25, 2 + 2), (25, 2 + 2 * 2)]
     assert sum(line["outcomes"].get("missing", 0) for line in lines) == 1
     assert sum(line["outcomes"].get("categorized", 0) for line in lines) == 60
 

@@ -21,6 +21,8 @@ def test_valid_batch() -> None:
         {"expense_ids": list(range(1, MAX_BATCH_IDS + 2))},
         {"expense_ids": [1], "extra": 1},
         {"expense_ids": [1], "correlation_id": "x" * 201},
+        {"expense_ids": [1], "correlation_id": "nul\x00"},
+        {"expense_ids": [1], "correlation_id": "lone \ud800"},
     ],
 )
 def test_invalid_batches_are_rejected(payload: dict[str, object]) -> None:

@@ -151,7 +151,7 @@ class _MemorySession(Session):
         self.entries: dict[int, tuple[str, _Dead]] = {}
         self.letters = []
         for (q, d), payload, mid in zip(found, payloads, ids, strict=True):
-            letter = store.describe(mid, q, payload, d.died_at_ms, histories.get(mid, []))
+            letter = store.describe(mid, q, payload, d.died_at_ms, histories.get(mid, []), d.raw)
             self.entries[id(letter)] = (q, d)
             self.letters.append(letter)
 

@@ -110,6 +110,7 @@ def _print_list(letters: list[DeadLetter], as_json: bool) -> int:
         for row in rows:
             row.pop("payload", None)
             row.pop("history", None)
+            row.pop("raw", None)
         print(json.dumps(rows))
         return 0
     print(f"{'message id':36}  {'queue':12}  {'actor':18}  {'ids':>5}  {'died (UTC)':19}  final error")
@@ -135,10 +136,16 @@ def _print_one(letter: DeadLetter, as_json: bool) -> int:
     for r in letter.history:
         mark = " (dead-lettered)" if r.dead else ""
         print(f"  {_when(r.at_ms)}  retries={r.retries}  {r.error_type}: {r.error}{mark}")
-    print("message:")
-    print(
-        json.dumps(letter.payload, indent=2) if letter.payload is not None else "  (not a readable message)"
-    )
+    if letter.unreplayable:
+        print(f"unreplayable {letter.unreplayable}")
+    if letter.payload is not None:
+        print("message:")
+        print(json.dumps(letter.payload, indent=2))
+    elif letter.raw is not None:
+        print("message (not a readable one; the stored bytes as they are):")
+        print(letter.raw)
+    else:
+        print("message:\n  (no stored bytes)")
     return 0
 
 

@@ -18,12 +18,18 @@ import dramatiq
 import msgspec
 
 from pipeline import queries
+from workers.encoder import decode_envelope
 from workers.failures import FailureLog, FailureRecord, LazyDatabase
 
 Action = Literal["replay", "purge"]
 
 #: Options a replay drops: the message starts over (no delay, no retries, no old traceback).
 RESET_OPTIONS = frozenset({"eta", "retries", "traceback", "requeue_timestamp", "redis_message_id"})
+
+#: Characters of an undecodable dead letter's stored bytes kept in ``DeadLetter.raw``.
+RAW_CHARS = 65_536
+#: Final errors a replay would only repeat: the message is dead-lettered again before it runs.
+UNREPLAYABLE_ERRORS = {"MessageTooLarge": "over the message size limit"}
 
 #: The audit entry of a replay or purge is written before the first move and brought up to date
 #: after this many moves or this many seconds, whichever comes first, and at the end: an action
@@ -44,6 +50,10 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     #: The decoded envelope (None: the stored bytes are not a readable message).
     payload: dict[str, Any] | None = None
     history: list[FailureRecord] = []
+    #: The stored bytes as text (undecodable letters only; at most RAW_CHARS, then "...").
+    raw: str | None = None
+    #: Why a replay would not succeed (None: it can be replayed); such letters can only be purged.
+    unreplayable: str | None = None
 
 
 class DeadLetterFilter(msgspec.Struct, kw_only=True, frozen=True):
@@ -206,7 +216,11 @@ class DeadLetterStore(abc.ABC):
             chosen = self._select(session.letters, filter, limit)
             report.matched = len(chosen)
             if dry_run:
-                report.message_ids = [x.message_id for x in chosen]
+                for letter in chosen:
+                    if action == "replay" and letter.unreplayable:
+                        report.skipped[letter.message_id] = letter.unreplayable
+                    else:
+                        report.message_ids.append(letter.message_id)
                 return report
             entry = self.audit.begin(
                 broker=self.broker, action=action, filter=filter, operator=operator or operator_name()
@@ -215,8 +229,8 @@ class DeadLetterStore(abc.ABC):
             recorded_at = time.monotonic()
             try:
                 for letter in chosen:
-                    if action == "replay" and letter.payload is None:
-                        report.skipped[letter.message_id] = "not a readable message: purge it instead"
+                    if action == "replay" and (letter.unreplayable or letter.payload is None):
+                        report.skipped[letter.message_id] = letter.unreplayable or "not a readable message"
                         continue
                     moved = session.replay(letter) if action == "replay" else session.purge(letter)
                     if not moved:
@@ -251,9 +265,11 @@ class DeadLetterStore(abc.ABC):
         payload: dict[str, Any] | None,
         died_at_ms: int,
         history: list[FailureRecord],
+        raw: bytes | None = None,
     ) -> DeadLetter:
         """A DeadLetter from what a store found: the final error comes from the failure log (the
-        stored payload carries the previous attempt's traceback), else from that traceback."""
+        stored payload carries the previous attempt's traceback), else from that traceback.
+        ``raw``: the stored bytes, kept (clipped) when they are not a readable message."""
         final = next((r for r in reversed(history) if r.dead), history[-1] if history else None)
         if final is not None:
             error_type, error = final.error_type, final.error
@@ -270,17 +286,36 @@ class DeadLetterStore(abc.ABC):
             died_at_ms=died_at_ms,
             payload=payload,
             history=history,
+            raw=_raw_text(raw) if payload is None and raw is not None else None,
+            unreplayable=_unreplayable(queue_name, payload, error_type),
         )
 
 
 def decode_payload(raw: bytes) -> dict[str, Any] | None:
-    """The envelope if ``raw`` is a message Dramatiq can run, else None."""
+    """The envelope if ``raw`` is a message the workers' consumer accepts (the fleet's encoder
+    check, then Dramatiq's ``Message``), else None: such a letter is shown raw, never replayed."""
     try:
-        fields = msgspec.json.decode(raw, type=dict[str, Any])
+        fields = decode_envelope(raw)
         dramatiq.Message(**{**fields, "args": tuple(fields["args"])})
     except Exception:
         return None
     return fields
+
+
+def _raw_text(raw: bytes) -> str:
+    text = raw[: RAW_CHARS * 4].decode("utf-8", errors="backslashreplace")
+    return text if len(text) <= RAW_CHARS and len(raw) <= RAW_CHARS * 4 else f"{text[:RAW_CHARS]}..."
+
+
+def _unreplayable(queue_name: str, payload: dict[str, Any] | None, error_type: str) -> str | None:
+    if payload is None:
+        return "not a readable message: purge it instead"
+    if error_type in UNREPLAYABLE_ERRORS:
+        return f"{UNREPLAYABLE_ERRORS[error_type]}: purge it instead"
+    own = canonical_queue(str(payload.get("queue_name", "")))
+    if own != queue_name:
+        return f"its queue_name {own[:80]!r} is not its queue {queue_name!r}: purge it instead"
+    return None
 
 
 def replay_payload(payload: dict[str, Any], **options: Any) -> bytes:

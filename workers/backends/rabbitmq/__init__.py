@@ -67,7 +67,13 @@ class RabbitmqBackend(Backend):
         return self._deliveries
 
     def _make_broker(self, middleware: list[Middleware]) -> dramatiq.Broker:
-        return FleetRabbitmqBroker(url=self.url, confirm_delivery=True, middleware=middleware)
+        return FleetRabbitmqBroker(
+            url=self.url,
+            confirm_delivery=True,
+            middleware=middleware,
+            failure_log=self._failures,
+            max_message_bytes=self.settings.max_message_bytes,
+        )
 
     def dead_letters(
         self, audit: AuditLog, *, queues: Sequence[str] = FLEET_QUEUES

@@ -57,8 +57,8 @@ class _RabbitmqSession(Session):
         ]
         histories = store.failures.histories(ids) if ids else {}
         self.letters = []
-        for (queue, tag, _, died), payload, mid in zip(found, payloads, ids, strict=True):
-            letter = store.describe(mid, queue, payload, died, histories.get(mid, []))
+        for (queue, tag, body, died), payload, mid in zip(found, payloads, ids, strict=True):
+            letter = store.describe(mid, queue, payload, died, histories.get(mid, []), body)
             self.tags[id(letter)] = tag
             self.letters.append(letter)
 

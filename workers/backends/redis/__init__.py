@@ -74,6 +74,7 @@ class RedisBackend(Backend):
             middleware=middleware,
             wakeup=s.worker_wakeup,
             failure_log=self._failures,
+            max_message_bytes=s.max_message_bytes,
         )
 
     def middleware(self) -> list[Middleware]:

@@ -1,10 +1,13 @@
-"""Dramatiq's Redis broker, minus its consumer crash loop on an undecodable message.
+"""Dramatiq's Redis broker, minus the payloads that its consumer cannot see through.
 
 A raw payload that is not JSON, or whose envelope has fields ``Message`` does not take, makes
 ``Message.decode`` raise inside Dramatiq's Redis consumer: the consumer restarts, the payload
-stays in the process's unacked set and nothing else moves until the process dies. Here the
-consumer finds the offending Redis message id among its own unacked ids (a set bounded by the
-prefetch), moves it to the dead-letter queue and records why.
+stays in the process's unacked set and nothing else moves until the process dies. An envelope
+without the right ``options.redis_message_id`` fails its ack; one whose ``queue_name`` is not
+the list it sat on is acked on the other queue: both stay unacked here and run again after a
+restart. Here each fetch returns the Redis message id of every payload with it, and the
+consumer moves such a payload to the dead-letter queue at once and records why, as it does one
+over ``max_message_bytes`` (checked before decoding).
 
 Also a wake-up instead of pure polling: Dramatiq's consumer sleeps between empty fetches
 (5 ms doubling up to ``worker_timeout``), so an idle fleet answers a new message only at its
@@ -31,6 +34,7 @@ from redis.exceptions import NoScriptError
 
 from workers.backends.redis.keys import RedisKeys
 from workers.dlq.base import canonical_queue
+from workers.encoder import DEFAULT_MAX_MESSAGE_BYTES
 from workers.failures import MAX_ERROR_CHARS, FailureLog, FailureRecord
 
 logger = logging.getLogger(__name__)
@@ -82,8 +86,17 @@ class WakeSubscriber:
 class SafeRedisBroker(RedisBroker):
     _wake: WakeSubscriber | None = None
 
-    def __init__(self, *, failure_log: FailureLog | None = None, wakeup: bool = True, **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        failure_log: FailureLog | None = None,
+        wakeup: bool = True,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
+        #: A payload longer than this is dead-lettered (``MessageTooLarge``) before it is decoded.
+        self.max_message_bytes = max_message_bytes
         #: Where undecodable messages' reasons go.
         self.failure_log = failure_log
         #: False: consumers only poll (they still publish: other processes may listen).
@@ -194,33 +207,53 @@ class SafeRedisBroker(RedisBroker):
                 self._wake = WakeSubscriber(self.client, self.keys)
         return self._wake.event(queue_name)
 
-    def dead_letter_undecodable(self, queue_name: str, data: bytes, error: DecodeError) -> str | None:
-        """Move the unacked message of this process whose payload is ``data`` to the dead-letter
-        queue; returns its Redis message id (None if it was not found)."""
-        rids = sorted(self.client.smembers(self.keys.acks(self.broker_id, queue_name)))
-        if not rids:
-            return None
-        payloads = self.client.hmget(self.keys.messages(queue_name), rids)
-        for raw_rid, payload in zip(rids, payloads, strict=True):
-            if payload == data:
-                rid = raw_rid.decode()
-                self.do_nack(queue_name, rid)
-                self._record(queue_name, rid, error)
-                return rid
-        return None
+    def fetch_with_ids(self, queue_name: str, count: int) -> list[tuple[str, bytes | None]]:
+        """Dramatiq's ``fetch`` (up to ``count`` messages moved to this process's unacked set),
+        each payload with the Redis message id it was stored under: the ``LRANGE`` of the ids
+        the script is about to pop runs in the same ``MULTI``, so nothing comes between. The
+        consumer then never has to trust the envelope's ``options.redis_message_id``."""
+        count = max(1, min(count, self._max_unpack_size()))
+        sha = self.scripts["dispatch"].sha
+        for _ in range(2):
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.lrange(self.keys.queue(queue_name), 0, count - 1)
+                pipe.evalsha(sha, 1, self.namespace, *self._dispatch_args("fetch", queue_name), count)
+                rids, payloads = pipe.execute(raise_on_error=False)
+            if isinstance(payloads, NoScriptError):
+                self.client.script_load(self.scripts["dispatch"].script)
+                continue
+            for result in (rids, payloads):
+                if isinstance(result, Exception):
+                    raise result
+            return [(rid.decode(), payload) for rid, payload in zip(rids, payloads, strict=False)]
+        raise NoScriptError("the dispatch script is still missing after loading it (fetch)")
 
-    def _record(self, queue_name: str, rid: str, error: DecodeError) -> None:
+    def dead_letter(
+        self,
+        queue_name: str,
+        rid: str,
+        *,
+        error_type: str,
+        error: str,
+        message_id: str = "",
+        actor_name: str = "",
+    ) -> None:
+        """Move this process's unacked message ``rid`` to the dead-letter queue at once (out of
+        the unacked set and the message hash: it never runs nor comes back) and record why, under
+        ``message_id`` (the Redis message id when the envelope has no readable one)."""
+        self.do_nack(queue_name, rid)
+        self.logger.error("Dead-lettered message %s on queue %r: %s: %s", rid, queue_name, error_type, error)
         if self.failure_log is None:
             return
         try:
             self.failure_log.record(
                 FailureRecord(
-                    message_id=rid,  # the payload has no readable message id: use the Redis one
+                    message_id=message_id or rid,
                     queue_name=canonical_queue(queue_name),
-                    actor_name="",
+                    actor_name=actor_name,
                     retries=0,
-                    error_type="DecodeError",
-                    error=f"undecodable message: {error.error}"[:MAX_ERROR_CHARS],
+                    error_type=error_type,
+                    error=error[:MAX_ERROR_CHARS],
                     dead=True,
                     at_ms=int(time.time() * 1000),
                 )
@@ -230,7 +263,14 @@ class SafeRedisBroker(RedisBroker):
 
 
 class _SafeRedisConsumer(_RedisConsumer):
+    """Dramatiq's Redis consumer, but every payload it fetches ends somewhere: run, or
+    dead-lettered with its reason when it is over ``max_message_bytes`` (before decoding), not
+    a message (``DecodeError``), or an envelope whose ``options.redis_message_id`` or
+    ``queue_name`` is not where it was actually read from (Dramatiq would fail its ack, or ack it
+    on another queue, leaving it unacked here and re-run after every restart)."""
+
     broker: SafeRedisBroker
+    message_cache: list[tuple[str, bytes | None]]
 
     def __init__(self, broker: SafeRedisBroker, queue_name: str, prefetch: int, timeout: int):
         super().__init__(broker, queue_name, prefetch, timeout)
@@ -262,11 +302,11 @@ class _SafeRedisConsumer(_RedisConsumer):
         try:
             while True:
                 if self.message_cache:
-                    data = self.message_cache.pop(0)
-                    if data is None:
+                    rid, data = self.message_cache.pop(0)
+                    message = self._admit(rid, data)
+                    if message is None:
                         continue
                     self.misses = 0
-                    message = Message.decode(data)
                     self.queued_message_ids.add(message.message_id)
                     return MessageProxy(message)
                 # Clear before looking, so that a publish or an ack from now on ends the wait.
@@ -276,7 +316,7 @@ class _SafeRedisConsumer(_RedisConsumer):
                     self.wake.wait(self.timeout / 1000)  # until an ack frees room
                     return None
                 self.full = False
-                self.message_cache = messages = self.broker.do_fetch(
+                self.message_cache = messages = self.broker.fetch_with_ids(
                     self.queue_name, self.prefetch - self.outstanding_message_count
                 )
                 if not messages:
@@ -288,13 +328,57 @@ class _SafeRedisConsumer(_RedisConsumer):
             self.broker.abandon_broker_id(e)
             raise ConnectionClosed(e) from None
 
+    def _admit(self, rid: str, data: bytes | None) -> Message[Any] | None:
+        """The message stored under ``rid`` if it can run from this queue; None once it is
+        dead-lettered (or, without a payload, dropped)."""
+        broker, queue = self.broker, self.queue_name
+        if data is None:  # an id without a payload (Dramatiq #266): nothing to run or keep
+            self.logger.warning("Dropped message id %s on queue %r: it has no payload", rid, queue)
+            broker.do_ack(queue, rid)
+            return None
+        if len(data) > broker.max_message_bytes:
+            broker.dead_letter(
+                queue,
+                rid,
+                error_type="MessageTooLarge",
+                error=f"message of {len(data)} bytes is over the limit of {broker.max_message_bytes}"
+                " (CATFLEET_MAX_MESSAGE_BYTES); not decoded",
+            )
+            return None
+        try:
+            message = Message.decode(data)
+        except DecodeError as exc:
+            broker.dead_letter(
+                queue, rid, error_type="DecodeError", error=f"undecodable message: {exc.error}"
+            )
+            return None
+        problem = None
+        claimed = message.options.get("redis_message_id")
+        if claimed is None:
+            problem = f"options.redis_message_id is missing: the message is stored as {rid!r}"
+        elif claimed != rid:
+            problem = (
+                f"options.redis_message_id is {_clip(claimed)}, but the message is stored as {rid!r}"
+                " (set it to the id used in HSET and RPUSH)"
+            )
+        elif message.queue_name != queue:
+            problem = f"queue_name {_clip(message.queue_name)} does not match the queue it was read from ({queue!r})"
+        if problem is None:
+            return message
+        broker.dead_letter(
+            queue,
+            rid,
+            error_type="InvalidEnvelope",
+            error=problem,
+            message_id=message.message_id,
+            actor_name=message.actor_name,
+        )
+        return None
+
     def __next__(self) -> Any:
-        while True:
-            try:
-                return self._next()
-            except DecodeError as exc:
-                data = exc.data if isinstance(exc.data, bytes) else str(exc.data).encode()
-                rid = self.broker.dead_letter_undecodable(self.queue_name, data, exc)
-                self.logger.error(
-                    "Dead-lettered undecodable message %s on queue %r: %s", rid, self.queue_name, exc.error
-                )
+        return self._next()
+
+
+def _clip(value: object, chars: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= chars else f"{text[:chars]}..."

@@ -94,10 +94,15 @@ class _RedisSession(Session):
                         found.append((queue, rid.decode(), float(score), raw))
         payloads = [decode_payload(found_raw) for *_, found_raw in found]
         ids = [str(p["message_id"]) if p else rid for (_, rid, _, _), p in zip(found, payloads, strict=True)]
-        histories = store.failures.histories(ids) if ids else {}
+        # the consumer records what it dead-letters before decoding (too large) under the Redis id
+        rids = [rid for (_, rid, _, _), mid in zip(found, ids, strict=True) if rid != mid]
+        histories = store.failures.histories([*ids, *rids]) if ids else {}
         self.letters = []
         for (queue, rid, score, raw), payload, mid in zip(found, payloads, ids, strict=True):
-            letter = store.describe(mid, queue, payload, int(score), histories.get(mid, []))
+            history = histories.get(mid, [])
+            if rid != mid and histories.get(rid):
+                history = sorted([*history, *histories[rid]], key=lambda r: r.at_ms)
+            letter = store.describe(mid, queue, payload, int(score), history, raw)
             self.raw[(queue, rid)] = raw
             self.where[id(letter)] = (queue, rid)
             self.letters.append(letter)
