@@ -1,4 +1,5 @@
-"""Entry module for Dramatiq's CLI (``dramatiq workers.boot:broker``), run by ``catfleet worker``.
+"""The broker module each worker process of ``catfleet worker`` boots (``workers.boot:broker``;
+Dramatiq's CLI takes it too: ``dramatiq workers.boot:broker``).
 
 Settings are read from the environment here, at the edge, once per process.
 """

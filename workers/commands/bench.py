@@ -84,16 +84,34 @@ def register(sub: Any) -> None:
     p.add_argument("--rate", type=float, default=20.0, help="their rate per second")
 
     _memory_and_degraded(scenario)
+    p = scenario(
+        "storm", "kill -9 a random worker process every few seconds: nothing lost, calm vs storm", reps=False
+    )
+    p.add_argument("--interval", type=float, default=3.0, help="seconds between kills")
+    p.add_argument(
+        "--duration", type=float, default=60.0, help="seconds of kills (they stop once all is done)"
+    )
+    p.add_argument(
+        "--restart-limit", type=int, default=1000, help="CATFLEET_WORKER_RESTART_LIMIT of the fleet"
+    )
+    p.add_argument("--drain-timeout", type=float, default=300.0, help="longest wait for every row (s)")
 
     p = scenarios_sub.add_parser(
         "quality", help="learn from the earlier months' labels, categorize the later months, score each band"
     )
-    p.add_argument("--data", type=Path, required=True, help="labelled CSV (Birmingham p-card format)")
+    p.add_argument("--data", type=Path, required=True, help="labelled CSV: date, merchant, amount, label")
+    p.add_argument("--mode", choices=("holdout", "gap", "online"), default="holdout")
     p.add_argument(
         "--split-month",
         metavar="YYYY-MM",
-        help="first test month (default: the latest months holding about 25 %% of the labelled rows)",
+        help="holdout: first test month (default: the latest months holding about 25 %% of the rows)",
     )
+    p.add_argument("--train-months", type=int, help="gap: calendar months learned from, from the first")
+    p.add_argument("--gap-months", type=int, default=0, help="gap: months left out after them")
+    for role in ("date", "merchant", "amount", "label", "description", "mcc"):
+        p.add_argument(f"--{role}-column", metavar="NAME", help=f"header of the {role} column")
+    p.add_argument("--date-format", metavar="STRPTIME", help="e.g. %%d/%%m/%%Y (default: ISO)")
+    p.add_argument("--currency", default="GBP", help="currency of the expenses loaded")
     p.add_argument("--json", action="store_true", help="the report as one JSON object")
     p.set_defaults(func=run_quality)
 
@@ -118,7 +136,7 @@ def _memory_and_degraded(scenario: Callable[..., argparse.ArgumentParser]) -> No
 
 
 def _runners() -> dict[str, Runner]:
-    from workers.bench import cache, degraded, memory, relay, scenarios
+    from workers.bench import cache, degraded, memory, relay, scenarios, storm
 
     return {
         "throughput": lambda env, a: scenarios.throughput(
@@ -180,6 +198,16 @@ def _runners() -> dict[str, Runner]:
             processes=a.processes,
             say=_say,
         ),
+        "storm": lambda env, a: storm.storm(
+            env,
+            expenses=a.expenses,
+            processes=a.processes,
+            interval=a.interval,
+            duration=a.duration,
+            restart_limit=a.restart_limit,
+            drain_timeout=a.drain_timeout,
+            say=_say,
+        ),
     }
 
 
@@ -187,12 +215,23 @@ def run_quality(settings: Settings, args: argparse.Namespace) -> int:
     """Runs the learning path and the Categorizer in-process on its own throwaway database."""
     import msgspec
 
-    from workers.bench.quality import format_report, run_quality_bench
+    from workers.bench.quality import Columns, format_report, run_quality_bench
 
     if not args.data.is_file():
         raise SystemExit(f"catfleet bench quality: no such file: {args.data}")
+    roles = ("date", "merchant", "amount", "label", "description", "mcc")
+    columns = Columns(**{r: getattr(args, f"{r}_column") for r in roles}, date_format=args.date_format)
     try:
-        report = run_quality_bench(settings, args.data, split_month=args.split_month)
+        report = run_quality_bench(
+            settings,
+            args.data,
+            mode=args.mode,
+            split_month=args.split_month,
+            train_months=args.train_months,
+            gap_months=args.gap_months,
+            columns=columns,
+            currency=args.currency,
+        )
     except ValueError as exc:
         raise SystemExit(f"catfleet bench quality: {exc}") from None
     print(msgspec.json.encode(report).decode() if args.json else format_report(report))

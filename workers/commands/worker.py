@@ -1,4 +1,10 @@
-"""``catfleet worker``: exec Dramatiq's worker processes with the settings mapped onto its options."""
+"""``catfleet worker``: the host's worker processes under catfleet's supervisor
+(``workers.supervisor``), which replaces one that dies instead of stopping the host.
+
+Before anything else it takes the host's metrics lock (a second ``catfleet worker`` with the
+same metrics directory or port refuses to start, touching nothing), clears the multiprocess
+directory, and execs the supervisor with the environment set, so no process imports Dramatiq's
+Prometheus module or prometheus_client before the directory is known."""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from workers.settings import Settings
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.multiproc import metrics_env
+    from workers.multiproc import hold_metrics_lock, metrics_env
 
     prefetch = settings.worker_prefetch or 2 * settings.worker_threads
     env = dict(
@@ -19,24 +25,25 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         dramatiq_queue_prefetch=str(prefetch),
         dramatiq_worker_timeout=str(settings.worker_idle_poll_ms),
     )
-    if settings.metrics_port:
-        env.update(metrics_env(settings))  # before Dramatiq or prometheus_client is imported
     argv = [
-        sys.executable, "-m", "dramatiq", args.boot,
+        sys.executable, "-m", "workers.supervisor", args.boot,
         "--processes", str(args.processes or settings.worker_processes),
         "--threads", str(args.threads or settings.worker_threads),
-        "--worker-shutdown-timeout", str(settings.worker_shutdown_timeout_ms),
-        "--skip-logging",
     ]  # fmt: skip
+    if settings.metrics_port:
+        lock_fd = hold_metrics_lock(settings)  # MetricsDirBusy: one line, exit 2, nothing touched
+        env.update(metrics_env(settings))  # before Dramatiq or prometheus_client is imported
+        argv += ["--lock-fd", str(lock_fd)]
     if args.queues:
         argv += ["--queues", *args.queues]
     sys.stdout.flush()
+    sys.stderr.flush()
     os.execve(sys.executable, argv, env)
     return 0  # pragma: no cover
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("worker", help="run the Dramatiq worker processes")
+    p = sub.add_parser("worker", help="run and supervise the host's worker processes")
     p.add_argument("--processes", type=int, help="default: CATFLEET_WORKER_PROCESSES")
     p.add_argument("--threads", type=int, help="default: CATFLEET_WORKER_THREADS")
     p.add_argument("--queues", nargs="*", help="consume only these queues")
