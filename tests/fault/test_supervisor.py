@@ -94,6 +94,41 @@ def test_killed_worker_processes_are_replaced_and_nothing_is_lost(tmp_path: Path
         )
 
 
+def test_a_killed_process_messages_come_back_at_once_not_after_the_heartbeat_timeout(
+    tmp_path: Path,
+) -> None:
+    """The supervisor releases what a dead process held (``Backend.release``): with a 60 s
+    heartbeat timeout, a process killed while holding batches costs seconds, not a minute."""
+    total = 20_000
+    with (
+        isolated_settings(broker_heartbeat_timeout_ms=60_000, batch_size=100) as settings,
+        psycopg.connect(settings.database_url, autocommit=True) as conn,
+    ):
+        data.seed_patterns(conn, data.reset(conn))
+        ids = bulk_expenses(conn, total)
+        worker = WorkerProcess(settings, tmp_path / "w.log", processes=2, threads=2)
+        try:
+            worker.wait_ready()
+            wait_for(lambda: len(worker_pids(worker.proc.pid)) == 2, what="2 worker processes")
+            app = build_app(settings)
+            Producer(app.broker, batch_size=100).enqueue(ids)
+            app.close()
+            wait_for(lambda: categorized(conn)[0] > 0 and queue_state(settings)["unacked"] > 0, interval=0.01,
+                     what="work held")  # fmt: skip
+            victim = worker_pids(worker.proc.pid)[0]
+            os.kill(victim, signal.SIGKILL)
+            killed_at = time.monotonic()
+            wait_for(lambda: categorized(conn) == (total, total), timeout=30, what="every expense, once")
+            done_s = time.monotonic() - killed_at
+            [released] = wait_for(lambda: log_events(worker, "worker_released"), what="the release")
+        finally:
+            worker.stop()
+        assert released["pid"] == victim and released["held"] > 0
+        assert done_s < 20, done_s  # without the release: > 60 s (the heartbeat timeout)
+        assert queue_state(settings)["dead"] == 0
+        print(f"\nkilled pid {victim}: every expense done {done_s:.1f} s later (heartbeat timeout 60 s)")
+
+
 def _crashing_boot(tmp_path: Path, body: str) -> str:
     (tmp_path / "crashboot.py").write_text(body)
     return os.pathsep.join([str(ROOT), str(tmp_path)])

@@ -133,6 +133,12 @@ class Backend(abc.ABC):
         its queues (AMQP). Raises the driver's error when the broker is unreachable."""
         return None
 
+    def release(self, consumer_id: str) -> int:
+        """The process that consumed as ``consumer_id`` is gone (its supervisor saw it exit): put
+        what it held back in its queues now, not after a heartbeat timeout; how many it held.
+        Where the broker redelivers on its own when a connection closes (RabbitMQ), nothing to do."""
+        return 0
+
     def workers_seen(self) -> int | None:
         """Broker clients with a fresh heartbeat; None where the broker keeps none."""
         return None

@@ -60,6 +60,7 @@ class Slot:
     boot_failures: int = 0
     restart_at: float = 0.0
     replaced_pid: int | None = None
+    consumer_id: str | None = None  # the broker's id for the live process's consumers
     pids: list[int] = field(default_factory=list)
 
 
@@ -85,6 +86,7 @@ class Supervisor:
         restart_window_s: float,
         metrics: bool,
         keep_fds: tuple[int, ...] = (),
+        release: Callable[[str], int] | None = None,
     ):
         self.boot = boot
         self.threads = threads
@@ -95,6 +97,9 @@ class Supervisor:
         self.restart_window_s = restart_window_s
         self.metrics = metrics  # a multiprocess directory: a dead worker's live gauges are dropped
         self.keep_fds = keep_fds  # the host lock: held here, closed in every child
+        #: Puts a dead process's messages back now (``Backend.release``); None: the broker's
+        #: own recovery (heartbeat timeout) does it.
+        self.release = release
         self.slots = [Slot(f"worker-{i}", self._start_worker, True) for i in range(processes)]
         self.forks_started = False
         self.deaths: deque[float] = deque()
@@ -156,7 +161,7 @@ class Supervisor:
     def _on_ready(self, slot: Slot) -> None:
         assert slot.ready is not None
         try:
-            forks: list[str] = slot.ready.recv()
+            booted: child.Booted = slot.ready.recv()
         except (EOFError, OSError):
             slot.ready.close()
             slot.ready = None  # it died while booting: its sentinel says so
@@ -165,6 +170,8 @@ class Supervisor:
         slot.ready = None
         slot.booted = True
         slot.boot_failures = 0
+        slot.consumer_id = booted.consumer_id
+        forks = booted.forks
         pid = slot.proc.pid if slot.proc is not None else None
         log.info("%s ready: pid %s, booted in %.2f s", slot.name, pid, time.monotonic() - slot.started_at)
         if not self.forks_started:
@@ -186,7 +193,9 @@ class Supervisor:
             from workers.multiproc import mark_process_dead
 
             mark_process_dead(pid)  # its live gauges (processes, in progress) leave the sums
-        slot.proc, slot.ready, slot.replaced_pid = None, None, pid
+        if slot.consumer_id is not None and self.release is not None:
+            self._release(slot.consumer_id, pid)
+        slot.proc, slot.ready, slot.replaced_pid, slot.consumer_id = None, None, pid, None
         self.deaths.append(now)
         while self.deaths and self.deaths[0] < now - self.restart_window_s:
             self.deaths.popleft()
@@ -206,6 +215,20 @@ class Supervisor:
                    "booted": slot.booted, "uptime_s": round(uptime, 2), "restart_in_s": delay},
         )  # fmt: skip
         return len(self.deaths) <= self.restart_limit
+
+    def _release(self, consumer_id: str, pid: int) -> None:
+        assert self.release is not None
+        started = time.monotonic()
+        try:
+            held = self.release(consumer_id)
+        except Exception as exc:  # the heartbeat timeout still brings them back
+            log.warning("could not release what pid %s held (%s): the heartbeat timeout will", pid, exc)
+            return
+        log.info(
+            "released the %d message(s) pid %s held (consumer %s) in %.3f s",
+            held, pid, consumer_id, time.monotonic() - started,
+            extra={"event": "worker_released", "pid": pid, "consumer_id": consumer_id, "held": held},
+        )  # fmt: skip
 
     # -- main loop --------------------------------------------------------------------------
 

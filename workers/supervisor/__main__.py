@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings)
     with contextlib.suppress(ImportError):
         import workers.app  # noqa: F401 - imported once here, so a replacement process boots fast
+    from workers.backends import backend_for
+
+    backend = backend_for(settings)
     supervisor = Supervisor(
         boot=args.boot,
         processes=args.processes,
@@ -36,8 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         restart_window_s=settings.worker_restart_window_s,
         metrics=bool(settings.metrics_port),
         keep_fds=(args.lock_fd,) if args.lock_fd is not None else (),
+        release=backend.release,
     )
-    return supervisor.run()
+    try:
+        return supervisor.run()
+    finally:
+        backend.close()
 
 
 if __name__ == "__main__":

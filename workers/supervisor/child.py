@@ -13,10 +13,19 @@ import sys
 import time
 from multiprocessing.connection import Connection
 
+import msgspec
+
 #: Signals the supervisor blocks around a fork; a child unblocks them once its handlers are set.
 HANDLED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 #: How often a worker process checks for a stop request or a dead supervisor (s).
 TICK_S = 0.1
+
+
+class Booted(msgspec.Struct, frozen=True):
+    """What a worker process tells the supervisor once it consumes."""
+
+    forks: list[str]  # the fork functions its middleware declares (``module:function``)
+    consumer_id: str | None  # the broker's id for this process's consumers, where it has one
 
 
 #: ``/proc/<pid>/comm`` (``ps -o comm``, ``top``) of the processes the supervisor forks.
@@ -71,7 +80,9 @@ def run_worker(
     worker = Worker(broker, queues=set(queues) if queues else None, worker_threads=threads)
     worker.start()
     forks = [f"{f.__module__}:{f.__name__}" for m in broker.middleware for f in m.forks]
-    ready.send(forks)
+    # brokers that track their consumers by an id (Redis) have one: the supervisor releases what
+    # this process held the moment it dies
+    ready.send(Booted(forks=forks, consumer_id=getattr(broker, "broker_id", None)))
     ready.close()
     while running and os.getppid() == parent:
         time.sleep(TICK_S)

@@ -49,6 +49,7 @@ class RedisBackend(Backend):
                 keepalive_s=settings.tcp_keepalive_s, user_timeout_ms=settings.tcp_user_timeout_ms
             ),
         )
+        self._spare: SafeRedisBroker | None = None
         self._failures = RedisFailureLog(self.client, self.keys)
         self._deliveries = RedisDeliveryCounter(self.client, self.keys)
 
@@ -174,6 +175,35 @@ class RedisBackend(Backend):
         }
         return self.queue_stats(sorted(names))
 
+    def release(self, consumer_id: str) -> int:
+        """Dramatiq's maintenance re-queues the unacked messages of broker ids whose heartbeat is
+        older than the timeout: the dead process's id is dated back to 0 and maintenance runs
+        now, for every queue it held messages of (acked ones are skipped: their payload is gone)."""
+        held = {
+            key.decode().rpartition(f"{consumer_id}.")[2]: int(self.client.scard(key))
+            for key in self.client.scan_iter(self.keys.acks_pattern(consumer_id), count=1000)
+        }
+        if not held:
+            return 0
+        self.client.zadd(self.keys.heartbeats, {consumer_id: 0})
+        broker = self._broker if isinstance(self._broker, SafeRedisBroker) else self._maintenance_broker()
+        broker.run_dispatch([("qsize", q) for q in sorted(held)], maintenance=True)
+        return sum(held.values())
+
+    def _maintenance_broker(self) -> SafeRedisBroker:
+        """A broker without middleware or consumers, for maintenance calls (made on first use)."""
+        if self._spare is None:
+            s = self.settings
+            tcp = fail_fast_options(keepalive_s=s.tcp_keepalive_s, user_timeout_ms=s.tcp_user_timeout_ms)
+            self._spare = SafeRedisBroker(
+                connection_pool=redis.ConnectionPool.from_url(s.broker_url, **tcp),
+                namespace=s.broker_namespace,
+                heartbeat_timeout=s.broker_heartbeat_timeout_ms,
+                middleware=[],
+                wakeup=False,
+            )
+        return self._spare
+
     def workers_seen(self) -> int:
         """Broker clients whose heartbeat is fresher than the heartbeat timeout. Dramatiq beats on
         every broker call, so a producer counts too while it enqueues."""
@@ -194,6 +224,8 @@ class RedisBackend(Backend):
 
     def close(self) -> None:
         super().close()
+        if self._spare is not None:
+            self._spare.close()
         self.client.close()
 
 

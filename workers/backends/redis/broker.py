@@ -117,7 +117,7 @@ class SafeRedisBroker(RedisBroker):
                 message = message.copy(options={"redis_message_id": str(uuid4())})
                 self.emit_before("enqueue", message, None)
                 prepared.append(message)
-            self._run_dispatch(
+            self.run_dispatch(
                 [("enqueue", m.queue_name, m.options["redis_message_id"], m.encode()) for m in prepared]
             )
             for message in prepared:
@@ -125,18 +125,18 @@ class SafeRedisBroker(RedisBroker):
 
     def do_enqueue(self, queue_name: str, *args: Any) -> None:
         """``RedisBroker.enqueue``'s dispatch call (retries, delays, ``actor.send``), with its wake-up."""
-        self._run_dispatch([("enqueue", queue_name, *args)])
+        self.run_dispatch([("enqueue", queue_name, *args)])
 
     def run_maintenance(self) -> None:
         """A heartbeat and a maintenance pass (re-queue dead broker ids' unacked messages, expire
         old dead letters) for every declared queue and its delay queue, in one round trip: a
         read-only ``qsize`` dispatch per queue with maintenance forced on."""
         queues = self.get_declared_queues()
-        self._run_dispatch(
+        self.run_dispatch(
             [("qsize", q) for q in sorted(queues | {dq_name(q) for q in queues})], maintenance=True
         )
 
-    def _run_dispatch(self, calls: list[tuple[Any, ...]], *, maintenance: bool = False) -> None:
+    def run_dispatch(self, calls: list[tuple[Any, ...]], *, maintenance: bool = False) -> None:
         """``(command, queue_name, *args)`` calls of Dramatiq's dispatch script, as
         ``RedisBroker._dispatch`` makes them, plus one ``PUBLISH`` per queue enqueued to, in one
         pipeline. The script goes by its SHA (``EVALSHA``) without redis-py's script check, which
