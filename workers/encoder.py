@@ -11,12 +11,6 @@ from dramatiq.encoder import Encoder, MessageData
 from dramatiq.errors import DecodeError
 
 from schemas.messages import text_problem
-from workers.settings import Settings
-
-#: ``Settings.max_message_bytes``'s default, for brokers built without settings (written once there).
-DEFAULT_MAX_MESSAGE_BYTES: int = next(
-    f.default for f in msgspec.structs.fields(Settings) if f.name == "max_message_bytes"
-)
 
 #: Envelope fields whose type Dramatiq assumes without checking (a wrong one fails later, in a
 #: hook or an ack, where the message can no longer be dead-lettered cleanly).

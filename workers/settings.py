@@ -10,9 +10,11 @@ import msgspec
 
 from pipeline.settings import PipelineSettings, Positive
 from schemas import MAX_BATCH_IDS
-from workers.backends import SCHEMES, supports
+from workers.backends.registry import SCHEMES, supports
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+#: ``max_message_bytes``'s default (also what a broker built without settings uses).
+DEFAULT_MAX_MESSAGE_BYTES = 524_288
 
 
 class Settings(PipelineSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -64,7 +66,7 @@ class Settings(PipelineSettings, frozen=True, kw_only=True, forbid_unknown_field
     worker_restart_window_s: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 60
     #: A message larger than this (bytes, as stored by the broker) is dead-lettered at once with
     #: ``MessageTooLarge``, before it is decoded (10,000 IDs of 19 digits take ~200 KB).
-    max_message_bytes: Annotated[int, msgspec.Meta(ge=1_024, le=67_108_864)] = 524_288
+    max_message_bytes: Annotated[int, msgspec.Meta(ge=1_024, le=67_108_864)] = DEFAULT_MAX_MESSAGE_BYTES
     #: Log level and format (``json`` or ``text``).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"

@@ -1,5 +1,5 @@
 """The broker backends are the one plug point: nothing outside ``workers/backends`` asks which
-broker it is, and the import graph of the packages has no cycle (function-level imports count)."""
+broker it is, and the import graph of the packages has no cycle (function-level and type-checking imports count)."""
 
 from __future__ import annotations
 
@@ -80,16 +80,8 @@ def test_the_kind_questions_are_recognised() -> None:
 def _imports(name: str, path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    typing_only = {  # ``if TYPE_CHECKING:`` imports never run
-        id(inner)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
-        for inner in ast.walk(node)
-    }
     out: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
+    for node in ast.walk(tree):  # ``if TYPE_CHECKING:`` imports count too: no cycle, even for types
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]

@@ -10,24 +10,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from workers.backends.registry import BACKENDS, SCHEMES, supports
+
 if TYPE_CHECKING:
     from workers.backends.base import Backend
     from workers.settings import Settings
-
-#: Broker URL scheme -> the backend class that serves it (``module:Class``).
-BACKENDS: dict[str, str] = {
-    "redis://": "workers.backends.redis:RedisBackend",
-    "rediss://": "workers.backends.redis:RedisBackend",
-    "amqp://": "workers.backends.rabbitmq:RabbitmqBackend",
-    "amqps://": "workers.backends.rabbitmq:RabbitmqBackend",
-    "memory://": "workers.backends.memory:MemoryBackend",
-}
-SCHEMES = tuple(BACKENDS)
-
-
-def supports(url: str) -> bool:
-    """Does a backend serve this broker URL? (Imports none of them.)"""
-    return url.startswith(SCHEMES)
 
 
 def backend_class(url: str) -> type[Backend]:

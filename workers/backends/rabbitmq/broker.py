@@ -14,8 +14,8 @@ import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
 
 from workers.dlq.base import canonical_queue
-from workers.encoder import DEFAULT_MAX_MESSAGE_BYTES
 from workers.failures import FailureLog, FailureRecord
+from workers.settings import DEFAULT_MAX_MESSAGE_BYTES
 
 #: Where the message id sits in an encoded envelope: near its end, so only the tail is searched
 #: (a body over the limit is never decoded). Without a match the record goes under the tag.

@@ -34,8 +34,8 @@ from redis.exceptions import NoScriptError
 
 from workers.backends.redis.keys import RedisKeys
 from workers.dlq.base import canonical_queue
-from workers.encoder import DEFAULT_MAX_MESSAGE_BYTES
 from workers.failures import MAX_ERROR_CHARS, FailureLog, FailureRecord
+from workers.settings import DEFAULT_MAX_MESSAGE_BYTES
 
 logger = logging.getLogger(__name__)
 
