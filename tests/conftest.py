@@ -7,7 +7,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support import data
+from pipeline.cache import LocalTier
+from pipeline.categorize import Categorizer
+from pipeline.db import Database
+from pipeline.learning import Learner
+from tests.support import cache, data
 from tests.support.services import WorkerProcess, flush_namespace, isolated_settings
 from workers.app import App, build_app
 from workers.settings import Settings
@@ -35,6 +39,25 @@ def cats(conn: psycopg.Connection[Any], settings: Settings) -> dict[str, int]:
     ids = data.reset(conn)
     data.seed_patterns(conn, ids)
     return ids
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    """A pool on the run's database (a module may define its own, e.g. one that counts queries)."""
+    database = Database.connect(settings.database_url, size=2, wait=True)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def learner(db: Database) -> Learner:
+    return Learner(db)
+
+
+@pytest.fixture
+def categorizer(db: Database) -> Categorizer:
+    """The Categorizer on ``db`` with a private L1 as its only cache tier."""
+    return cache.categorizer(db, [LocalTier(max_entries=1000, ttl_seconds=60)])
 
 
 @pytest.fixture

@@ -5,12 +5,15 @@ first one's metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -25,6 +28,7 @@ from workers.bench.storm import worker_pids
 from workers.harness.processes import ROOT, start_workers
 from workers.multiproc import multiproc_dir
 from workers.producer import Producer
+from workers.settings import Settings
 from workers.supervisor import EXIT_CRASH_LOOP
 
 pytestmark = pytest.mark.fault
@@ -33,10 +37,14 @@ pytestmark = pytest.mark.fault
 FAST = {"broker_heartbeat_timeout_ms": 2_000, "broker_maintenance_interval_ms": 500}
 
 
-def test_killed_worker_processes_are_replaced_and_nothing_is_lost(tmp_path: Path) -> None:
-    total, kills, every_s = 20_000, 5, 2.0
+@contextlib.contextmanager
+def busy_fleet(
+    tmp_path: Path, total: int, **overrides: Any
+) -> Iterator[tuple[Settings, psycopg.Connection[Any], WorkerProcess]]:
+    """A 2 x 2 ``catfleet worker`` on its own settings, with ``total`` expenses enqueued in
+    batches of ``batch_size``; stopped on the way out if the test did not stop it."""
     with (
-        isolated_settings(**FAST, max_deliveries=50, batch_size=200) as settings,
+        isolated_settings(**overrides) as settings,
         psycopg.connect(settings.database_url, autocommit=True) as conn,
     ):
         data.seed_patterns(conn, data.reset(conn))
@@ -46,8 +54,17 @@ def test_killed_worker_processes_are_replaced_and_nothing_is_lost(tmp_path: Path
             worker.wait_ready()
             wait_for(lambda: len(worker_pids(worker.proc.pid)) == 2, what="2 worker processes")
             app = build_app(settings)
-            Producer(app.broker, batch_size=200).enqueue(ids)
+            Producer(app.broker, batch_size=settings.batch_size).enqueue(ids)
             app.close()
+            yield settings, conn, worker
+        finally:
+            worker.stop()
+
+
+def test_killed_worker_processes_are_replaced_and_nothing_is_lost(tmp_path: Path) -> None:
+    total, kills, every_s = 20_000, 5, 2.0
+    with busy_fleet(tmp_path, total, **FAST, max_deliveries=50, batch_size=200) as (settings, conn, worker):
+        try:
             killed: list[int] = []
             respawn_s: list[float] = []
             started = time.monotonic()
@@ -100,19 +117,12 @@ def test_a_killed_process_messages_come_back_at_once_not_after_the_heartbeat_tim
     """The supervisor releases what a dead process held (``Backend.release``): with a 60 s
     heartbeat timeout, a process killed while holding batches costs seconds, not a minute."""
     total = 20_000
-    with (
-        isolated_settings(broker_heartbeat_timeout_ms=60_000, batch_size=100) as settings,
-        psycopg.connect(settings.database_url, autocommit=True) as conn,
+    with busy_fleet(tmp_path, total, broker_heartbeat_timeout_ms=60_000, batch_size=100) as (
+        settings,
+        conn,
+        worker,
     ):
-        data.seed_patterns(conn, data.reset(conn))
-        ids = bulk_expenses(conn, total)
-        worker = WorkerProcess(settings, tmp_path / "w.log", processes=2, threads=2)
         try:
-            worker.wait_ready()
-            wait_for(lambda: len(worker_pids(worker.proc.pid)) == 2, what="2 worker processes")
-            app = build_app(settings)
-            Producer(app.broker, batch_size=100).enqueue(ids)
-            app.close()
             wait_for(lambda: categorized(conn)[0] > 0 and queue_state(settings)["unacked"] > 0, interval=0.01,
                      what="work held")  # fmt: skip
             victim = worker_pids(worker.proc.pid)[0]

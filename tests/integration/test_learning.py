@@ -2,46 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
 import pytest
 
-from pipeline.cache import LocalTier
 from pipeline.categorize import Categorizer
-from pipeline.db import Database
 from pipeline.errors import ConflictingCorrection, PermanentError, UnknownCategory, UnknownExpense
-from pipeline.learning import DEACTIVATE_BELOW, WEAKEN_FACTOR, Learner, default_correction_key
-from schemas import Correction
-from tests.support import cache, data
-from workers.settings import Settings
-
-
-@pytest.fixture
-def db(settings: Settings) -> Iterator[Database]:
-    database = Database.connect(settings.database_url, size=2, wait=True)
-    yield database
-    database.close()
-
-
-@pytest.fixture
-def learner(db: Database) -> Learner:
-    return Learner(db)
-
-
-@pytest.fixture
-def categorizer(db: Database) -> Categorizer:
-    return cache.categorizer(db, [LocalTier(max_entries=1000, ttl_seconds=60)])
-
-
-def fix(expense_id: int, key: str, idem: str | None = None) -> Correction:
-    return Correction(
-        expense_id=expense_id,
-        category_key=key,
-        idempotency_key=idem or default_correction_key(expense_id, key),
-    )
+from pipeline.learning import DEACTIVATE_BELOW, WEAKEN_FACTOR, Learner
+from tests.support import data
+from tests.support.learning import fix
 
 
 def version(conn: psycopg.Connection[Any]) -> int:

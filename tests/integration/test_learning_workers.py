@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,24 +15,17 @@ import redis
 
 from schemas import CATEGORIZE_QUEUE, LEARN_QUEUE
 from tests.support import data
-from tests.support.services import WorkerProcess, wait_for
+from tests.support.services import WorkerProcess, run_catfleet, wait_for
 from workers.app import App
 from workers.backends.redis import RedisFailureLog
 from workers.backends.redis.keys import RedisKeys
-from workers.harness.processes import ROOT, free_port, settings_env
+from workers.harness.processes import free_port
 from workers.producer import Producer
 from workers.settings import Settings
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "workers", *args],
-        env=settings_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_catfleet(settings, *args)
 
 
 def row(conn: psycopg.Connection[Any], expense_id: int) -> tuple[Any, ...] | None:

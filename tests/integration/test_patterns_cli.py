@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from typing import Any
 
 import psycopg
@@ -14,19 +13,12 @@ from pipeline.db import Database
 from pipeline.learning import Learner
 from schemas import Correction
 from tests.support import data
-from workers.harness.processes import ROOT, settings_env
+from tests.support.services import run_catfleet
 from workers.settings import Settings
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "workers", "patterns", *args],
-        env=settings_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_catfleet(settings, "patterns", *args)
 
 
 def version(conn: psycopg.Connection[Any]) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import dramatiq
@@ -14,11 +13,10 @@ import pytest
 import redis
 
 from schemas import CATEGORIZE_QUEUE
-from tests.support.services import flush_namespace
+from tests.support.services import flush_namespace, run_catfleet
 from workers.backends.memory import MemoryBackend
 from workers.backends.redis import RedisBackend
 from workers.backends.redis.keys import RedisKeys
-from workers.harness.processes import ROOT, settings_env
 from workers.settings import Settings
 
 
@@ -41,14 +39,7 @@ def strays(settings: Settings) -> Iterator[RedisKeys]:
 
 
 def _status(settings: Settings, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "workers", "status", *argv],
-        env=settings_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_catfleet(settings, "status", *argv)
 
 
 def test_redis_backend_lists_undeclared_queues_holding_messages(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,7 +21,15 @@ from pipeline.settings import DEFAULT_DATABASE_URL
 from workers.backends import backend_for
 from workers.config import settings_from_env
 from workers.harness.databases import create_database, drop_database
-from workers.harness.processes import free_port, start_catfleet, start_workers, stop_workers, wait_ready
+from workers.harness.processes import (
+    ROOT,
+    free_port,
+    settings_env,
+    start_catfleet,
+    start_workers,
+    stop_workers,
+    wait_ready,
+)
 from workers.settings import Settings
 
 T = TypeVar("T")
@@ -88,6 +97,18 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+def run_catfleet(settings: Settings, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``catfleet ARGV...`` run to its end with exactly these settings; its exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "workers", *argv],
+        env=settings_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class ChildProcess:

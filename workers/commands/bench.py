@@ -5,6 +5,7 @@ servers, runs real worker processes, prints a table and writes a JSON file. The 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -17,8 +18,6 @@ from workers.settings import Settings
 
 if TYPE_CHECKING:  # the scenarios import psycopg and redis
     from workers.bench.env import BenchEnv
-
-Runner = Callable[["BenchEnv", argparse.Namespace], dict[str, Any]]
 
 
 def _say(line: str) -> None:
@@ -64,7 +63,12 @@ def register(sub: Any) -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per rate")
     p.add_argument("--polls", type=_csv(int), default=[1000, 100], help="idle poll caps (ms) to compare")
     p.add_argument(
-        "--wakeup", type=_csv(_on_off), default=[False, True], help="consumer wake-up off,on to compare"
+        "--wakeup",
+        dest="wakeups",
+        metavar="WAKEUP",
+        type=_csv(_on_off),
+        default=[False, True],
+        help="consumer wake-up off,on to compare",
     )
     p = scenario("scaling", "processes x threads on the same load, with CPU per component", expenses=100_000)
     p.add_argument("--shapes", type=_shapes, default=[(1, 4), (2, 4), (2, 8)], help="e.g. 1x4,2x4")
@@ -135,80 +139,29 @@ def _memory_and_degraded(scenario: Callable[..., argparse.ArgumentParser]) -> No
     p.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of the merchant stream")
 
 
-def _runners() -> dict[str, Runner]:
+def _scenarios() -> dict[str, Callable[..., dict[str, Any]]]:
     from workers.bench import cache, degraded, memory, relay, scenarios, storm
 
     return {
-        "throughput": lambda env, a: scenarios.throughput(
-            env, expenses=a.expenses, naive=a.naive, reps=a.reps, processes=a.processes, say=_say
-        ),
-        "batch-size": lambda env, a: scenarios.batch_size(
-            env, expenses=a.expenses, sizes=a.sizes, reps=a.reps, processes=a.processes, say=_say
-        ),
-        "latency": lambda env, a: scenarios.latency(
-            env,
-            rates=a.rates,
-            seconds=a.seconds,
-            polls=a.polls,
-            wakeups=a.wakeup,
-            processes=a.processes,
-            say=_say,
-        ),
-        "scaling": lambda env, a: scenarios.scaling(
-            env, expenses=a.expenses, shapes=a.shapes, reps=a.reps, say=_say
-        ),
-        "profile": lambda env, a: scenarios.profile(env, expenses=a.expenses, say=_say),
-        "cache": lambda env, a: cache.cache(
-            env,
-            merchants=a.merchants,
-            expenses=a.expenses,
-            users=a.users,
-            zipf=a.zipf,
-            reps=a.reps,
-            batch=a.batch,
-            say=_say,
-        ),
-        "relay": lambda env, a: relay.relay(
-            env,
-            expenses=a.expenses,
-            relays=a.relays,
-            processes=a.processes,
-            samples=a.samples,
-            rate=a.rate,
-            say=_say,
-        ),
-        "memory": lambda env, a: memory.memory(
-            env,
-            expenses=a.expenses,
-            patterns=a.patterns,
-            users=a.users,
-            reps=a.reps,
-            processes=a.processes,
-            idle=a.idle,
-            interval=a.interval,
-            say=_say,
-        ),
-        "degraded": lambda env, a: degraded.degraded(
-            env,
-            expenses=a.expenses,
-            merchants=a.merchants,
-            users=a.users,
-            zipf=a.zipf,
-            reps=a.reps,
-            processes=a.processes,
-            say=_say,
-        ),
-        "storm": lambda env, a: storm.storm(
-            env,
-            expenses=a.expenses,
-            processes=a.processes,
-            interval=a.interval,
-            duration=a.duration,
-            restart_limit=a.restart_limit,
-            drain_timeout=a.drain_timeout,
-            say=_say,
-        ),
+        "throughput": scenarios.throughput,
+        "batch-size": scenarios.batch_size,
+        "latency": scenarios.latency,
+        "scaling": scenarios.scaling,
+        "profile": scenarios.profile,
+        "cache": cache.cache,
+        "relay": relay.relay,
+        "memory": memory.memory,
+        "degraded": degraded.degraded,
+        "storm": storm.storm,
     }
+
+
+def _run_scenario(env: BenchEnv, args: argparse.Namespace) -> dict[str, Any]:
+    """The scenario's function with each of its keyword parameters taken from the option of the
+    same name (a parameter no option sets keeps its default)."""
+    scenario = _scenarios()[args.scenario]
+    names = [n for n in inspect.signature(scenario).parameters if n not in ("env", "say")]
+    return scenario(env, say=_say, **{n: getattr(args, n) for n in names if hasattr(args, n)})
 
 
 def run_quality(settings: Settings, args: argparse.Namespace) -> int:
@@ -241,10 +194,9 @@ def run_quality(settings: Settings, args: argparse.Namespace) -> int:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     from workers.bench.env import bench_env, write_results
 
-    runner = _runners()[args.scenario]
     started = time.time()
     with bench_env(settings) as env:
-        result = runner(env, args)
+        result = _run_scenario(env, args)
     doc = {
         "scenario": args.scenario,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
