@@ -433,3 +433,41 @@ ON CONFLICT ON CONSTRAINT categorization_patterns_uniq DO UPDATE SET
     weight = EXCLUDED.weight, active = true, updated_at = now()
 RETURNING id, (xmax = 0) AS created
 """
+
+# The fleet's state (workers.fleet.state) for the RabbitMQ broker: migration 0009.
+PUBLISH_PROCESS: LiteralString = """
+INSERT INTO fleet_processes (id, record, beat_ms) VALUES (%(id)s, %(record)s, %(beat_ms)s)
+ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, beat_ms = EXCLUDED.beat_ms
+"""
+REMOVE_PROCESS: LiteralString = "DELETE FROM fleet_processes WHERE id = %(id)s"
+PRUNE_PROCESSES: LiteralString = "DELETE FROM fleet_processes WHERE beat_ms <= %(fresh_after)s"
+LIVE_PROCESSES: LiteralString = "SELECT record::text FROM fleet_processes WHERE beat_ms > %(fresh_after)s"
+PAUSED_QUEUES: LiteralString = "SELECT queue, operator, at_ms FROM queue_pauses"
+PAUSE_QUEUE: LiteralString = """
+WITH paused AS (
+    INSERT INTO queue_pauses (queue, operator, at_ms) VALUES (%(queue)s, %(operator)s, %(at_ms)s)
+    ON CONFLICT (queue) DO NOTHING
+    RETURNING queue
+)
+INSERT INTO queue_actions (at_ms, operator, action, queue)
+SELECT %(at_ms)s, %(operator)s, 'pause', queue FROM paused
+RETURNING id
+"""
+RESUME_QUEUE: LiteralString = """
+WITH resumed AS (DELETE FROM queue_pauses WHERE queue = %(queue)s RETURNING queue)
+INSERT INTO queue_actions (at_ms, operator, action, queue)
+SELECT %(at_ms)s, %(operator)s, 'resume', queue FROM resumed
+RETURNING id
+"""
+QUEUE_ACTIONS: LiteralString = """
+SELECT at_ms, operator, action, queue FROM queue_actions ORDER BY id DESC LIMIT %(limit)s
+"""
+ADD_PROCESSED: LiteralString = """
+INSERT INTO fleet_throughput (queue, bucket, processed) VALUES (%(queue)s, %(bucket)s, %(n)s)
+ON CONFLICT (queue, bucket) DO UPDATE SET processed = fleet_throughput.processed + EXCLUDED.processed
+"""
+PRUNE_THROUGHPUT: LiteralString = "DELETE FROM fleet_throughput WHERE bucket < %(oldest)s"
+THROUGHPUT: LiteralString = """
+SELECT queue, bucket, processed FROM fleet_throughput
+WHERE queue = ANY(%(queues)s) AND bucket >= %(oldest)s
+"""

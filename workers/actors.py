@@ -62,6 +62,8 @@ def declare_actors(broker: dramatiq.Broker, holder: RuntimeHolder) -> dict[str, 
 
         latency_s = time.time() - message.message_timestamp / 1000 if message else None
         metrics.record_batch(report, actor_name=CATEGORIZE_ACTOR, latency_s=latency_s)
+        if report.ruleset_version is not None:
+            holder.ruleset_version = report.ruleset_version
 
     categorize = dramatiq.actor(
         broker=broker,

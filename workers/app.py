@@ -24,6 +24,7 @@ from workers.encoder import MsgspecEncoder
 from workers.failures import FailureLog
 from workers.middleware.deliveries import DeliveryLimit
 from workers.middleware.failures import RecordFailures
+from workers.middleware.presence import FleetPresence
 from workers.middleware.prometheus import FleetPrometheus
 from workers.middleware.retries import SafeRetries
 from workers.runtime import RuntimeHolder
@@ -66,6 +67,7 @@ def fleet_middleware(settings: Settings, backend: Backend, holder: RuntimeHolder
         CurrentMessage(),
         *backend.middleware(),
         holder,
+        FleetPresence(backend.fleet_state(), beat_ms=settings.fleet_beat_ms, describe=holder.describe),
         DeliveryLimit(backend.deliveries, backend.failures, max_deliveries=settings.max_deliveries),
     ]
 

@@ -96,6 +96,8 @@ class RuntimeHolder(Middleware):
         self._open: Callable[[], ActorRuntime] = open_runtime or (lambda: Runtime(settings))
         self._runtime: ActorRuntime | None = None
         self._lock = threading.Lock()
+        #: The ruleset version of this process's last categorized batch (None: none yet).
+        self.ruleset_version: int | None = None
 
     @property
     def runtime(self) -> ActorRuntime:
@@ -106,6 +108,12 @@ class RuntimeHolder(Middleware):
                     self._runtime = self._open()
                 runtime = self._runtime
         return runtime
+
+    def describe(self) -> tuple[int | None, str | None]:
+        """This process's ruleset version and L2 cache breaker state (for its fleet record)."""
+        l2 = getattr(self._runtime, "l2", None)
+        breaker = getattr(l2, "breaker", None)
+        return self.ruleset_version, (breaker.state if breaker is not None else None)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         self.runtime  # noqa: B018 - open the pools now, not on the first message

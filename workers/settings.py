@@ -67,6 +67,9 @@ class Settings(PipelineSettings, frozen=True, kw_only=True, forbid_unknown_field
     #: A message larger than this (bytes, as stored by the broker) is dead-lettered at once with
     #: ``MessageTooLarge``, before it is decoded (10,000 IDs of 19 digits take ~200 KB).
     max_message_bytes: Annotated[int, msgspec.Meta(ge=1_024, le=67_108_864)] = DEFAULT_MAX_MESSAGE_BYTES
+    #: Every worker process refreshes its record in the fleet's state (what it runs, for
+    #: ``catfleet status`` and the console) and reads the paused queues this often (ms).
+    fleet_beat_ms: Annotated[int, msgspec.Meta(ge=100, le=60_000)] = 1_000
     #: Log level and format (``json`` or ``text``).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"

@@ -25,6 +25,12 @@ class Status(msgspec.Struct, kw_only=True):
     #: list its queues (RabbitMQ)
     stray_queues: list[dict[str, Any]] | None
     workers_seen: int | None  # fresh broker heartbeats (Redis broker); None: unknown
+    #: the live worker processes' own records (workers.fleet.state.ProcessRecord)
+    processes: list[dict[str, Any]]
+    #: paused queue -> who paused it and when
+    paused: dict[str, dict[str, Any]]
+    #: where the fleet's state could not be read (the records live in PostgreSQL for RabbitMQ)
+    fleet_error: str | None
     ruleset_version: int | None
     database_error: str | None
     readiness: dict[str, Any] | None  # this host's /readyz answer (breaker state among it)
@@ -56,7 +62,9 @@ def collect_status(settings: Settings, readiness_url: str) -> Status:
     backend = backend_for(settings)
     queues: list[dict[str, Any]] = []
     strays: list[dict[str, Any]] | None = []
-    seen = broker_error = None
+    seen = broker_error = fleet_error = None
+    processes: list[dict[str, Any]] = []
+    paused: dict[str, dict[str, Any]] = {}
     try:
         queues = [msgspec.structs.asdict(q) for q in backend.queue_stats()]
         found = backend.stray_queues()
@@ -64,6 +72,12 @@ def collect_status(settings: Settings, readiness_url: str) -> Status:
         seen = backend.workers_seen()
     except Exception as exc:
         broker_error = _error(exc)
+    try:
+        state = backend.fleet_state()
+        processes = [msgspec.to_builtins(r) for r in state.processes()]
+        paused = {q: msgspec.to_builtins(p) for q, p in state.paused().items()}
+    except Exception as exc:
+        fleet_error = _error(exc)
     finally:
         backend.close()
     version = database_error = None
@@ -80,6 +94,9 @@ def collect_status(settings: Settings, readiness_url: str) -> Status:
         queues=queues,
         stray_queues=strays,
         workers_seen=seen,
+        processes=processes,
+        paused=paused,
+        fleet_error=fleet_error,
         ruleset_version=version,
         database_error=database_error,
         readiness=_readiness(readiness_url),

@@ -146,6 +146,7 @@ class WorkerProcess(ChildProcess):
         queues: Sequence[str] = (),
     ):
         self.settings = settings
+        self.processes = processes
         args = [*extra_args, *(["--queues", *queues] if queues else [])]
         super().__init__(
             log_path,
@@ -154,7 +155,7 @@ class WorkerProcess(ChildProcess):
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         try:
-            wait_ready(self.settings, self.proc, timeout=timeout)
+            wait_ready(self.settings, self.proc, timeout=timeout, processes=self.processes)
         except RuntimeError as exc:
             raise AssertionError(f"{exc}:\n{self.log()[-3000:]}") from None
 

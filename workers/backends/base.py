@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from workers.deliveries import DeliveryCounter
     from workers.dlq.base import AuditLog, DeadLetterStore
     from workers.failures import FailureLog
+    from workers.fleet.state import FleetState
     from workers.settings import Settings
 
 #: The fleet's queues (canonical names; each has a delay and a dead-letter queue beside it).
@@ -98,6 +99,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def dead_letters(self, audit: AuditLog, *, queues: Sequence[str] = FLEET_QUEUES) -> DeadLetterStore:
         """The dead-letter store (list, show, replay, purge), audited in ``audit``."""
+
+    @abc.abstractmethod
+    def fleet_state(self) -> FleetState:
+        """Where the worker processes publish their records, the paused queues and throughput
+        are kept (``workers.fleet.state``); records expire after the heartbeat timeout."""
 
     @abc.abstractmethod
     def queue_stats(self, queues: Sequence[str] = FLEET_QUEUES) -> list[QueueStats]:

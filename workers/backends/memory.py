@@ -32,6 +32,8 @@ from workers.dlq.base import (
     replay_payload,
 )
 from workers.failures import FailureLog, FailureRecord
+from workers.fleet.gate import PauseGate
+from workers.fleet.state import MemoryFleetState
 from workers.settings import Settings
 
 
@@ -49,6 +51,7 @@ class MemoryBroker(StubBroker):
         self.lock = threading.Lock()
         self.dead: defaultdict[str, list[_Dead]] = defaultdict(list)
         self._rids = itertools.count(1)
+        self.pause_gate = PauseGate()
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 100) -> _StubConsumer:
         super().consume(queue_name, prefetch, timeout)  # QueueNotFound for an undeclared queue
@@ -70,7 +73,14 @@ class _MemoryConsumer(_StubConsumer):
             broker.queues[queue_name], broker.dead_letters_by_queue[queue_name], prefetch, timeout
         )
         self.broker = broker
+        self.own_queue = queue_name
         self.queue_name = queue_name.removesuffix(".DQ")
+
+    def __next__(self) -> Any:
+        if self.broker.pause_gate.is_paused(self.own_queue):
+            time.sleep(min(self.timeout, 100) / 1000)
+            return None
+        return super().__next__()
 
     def nack(self, message: Any) -> None:
         super().nack(message)
@@ -185,6 +195,10 @@ class MemoryBackend(Backend):
         super().__init__(settings)
         self._failures = MemoryFailureLog()
         self._deliveries = MemoryDeliveryCounter()
+        self._fleet_state = MemoryFleetState(ttl_ms=settings.broker_heartbeat_timeout_ms)
+
+    def fleet_state(self) -> MemoryFleetState:
+        return self._fleet_state
 
     @property
     def failures(self) -> MemoryFailureLog:

@@ -25,6 +25,7 @@ from workers.commands import (
     exporter,
     migrate,
     patterns,
+    queue,
     relay,
     schema,
     status,
@@ -47,6 +48,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     schema,
     correct,
     patterns,
+    queue,
 )
 
 DESCRIPTION = "The ``catfleet`` command line. Reads the settings from the environment once, here."
@@ -92,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 #: Short-lived commands that talk to the broker (``worker``, ``relay`` and ``exporter`` run until
 #: stopped: their driver logs are the operator's view of a reconnect).
-BROKER_COMMANDS = frozenset({"enqueue", "correct", "dlq", "status", "demo"})
+BROKER_COMMANDS = frozenset({"enqueue", "correct", "dlq", "status", "demo", "queue"})
 #: Exit code of a command whose stdout was closed early (``catfleet status | head -1``).
 EXIT_STDOUT_CLOSED = 1
 

@@ -23,12 +23,46 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def _queue_line(q: dict[str, Any]) -> str:
+def _queue_line(q: dict[str, Any], paused: dict[str, Any] | None = None) -> str:
     held = "-" if q["in_flight"] is None else str(q["in_flight"])
-    return (
+    line = (
         f"{q['queue']:<16}{q['ready']:>10}{q['delayed']:>10}{held:>10}"
         f"{_age(q['oldest_age_s']):>10}{q['dead']:>10}{q['replayed']:>10}{q['purged']:>10}"
     )
+    if paused:
+        line += f"  PAUSED by {paused['operator']}"
+    return line
+
+
+def _process_lines(status: Status) -> list[str]:
+    if status.fleet_error:
+        return [f"processes  unknown: {status.fleet_error}"]
+    lines = [f"processes  {len(status.processes)} worker process(es) with a fresh record"]
+    for p in status.processes:
+        busy = ", ".join(
+            f"{b['actor']} {b['message_id'][:8]} ({b['expense_ids'] if b['expense_ids'] is not None else '-'} ids)"
+            for b in p["busy"]
+        )
+        lines.append(
+            f"  {p['host']}:{p['pid']:<8} queues {','.join(p['queues'])}  busy {len(p['busy'])}/{p['threads']}"
+            f"  ruleset {p['ruleset_version'] if p['ruleset_version'] is not None else '-'}"
+            f"  breaker {p['breaker'] or '-'}  processed {p['processed']}"
+            + (f"  paused {','.join(p['paused'])}" if p["paused"] else "")
+            + (f"  running {busy}" if busy else "")
+        )
+    return lines
+
+
+def _readiness_line(r: dict[str, Any]) -> str:
+    breaker = r.get("cache_breaker") or {}
+    states = ", ".join(f"{k} {v}" for k, v in sorted(breaker.items()) if v) or "no L2 breaker reported"
+    reasons = [
+        f"{name}: {check.get('error') or 'failing'}"
+        for name in ("broker", "database")
+        if isinstance(check := r.get(name), dict) and not check.get("ok", True)
+    ]
+    why = f" ({'; '.join(reasons)})" if reasons else ""
+    return f"this host  {r.get('status')}{why}; cache breaker: {states}"
 
 
 def _stray_lines(strays: list[dict[str, Any]] | None) -> list[str]:
@@ -52,15 +86,9 @@ def render(status: Status) -> str:
             f"{'queue':<16}{'ready':>10}{'delayed':>10}{'in flight':>10}{'oldest':>10}{'dead':>10}"
             f"{'replayed':>10}{'purged':>10}"
         )
-        lines += [_queue_line(q) for q in status.queues]
+        lines += [_queue_line(q, status.paused.get(q["queue"])) for q in status.queues]
         lines += _stray_lines(status.stray_queues)
-    if status.workers_seen is None:
-        lines.append("workers    unknown (heartbeats are kept by the Redis broker only)")
-    else:
-        lines.append(
-            f"workers    {status.workers_seen} broker client(s) seen within the heartbeat timeout"
-            " (worker processes; a producer too while it enqueues)"
-        )
+    lines += _process_lines(status)
     if status.database_error:
         lines.append(f"ruleset    unknown: PostgreSQL: {status.database_error}")
     else:
@@ -69,9 +97,7 @@ def render(status: Status) -> str:
     if r is None:
         lines.append(f"this host  no answer from {status.readiness_url} (no worker here?)")
     else:
-        breaker = r.get("cache_breaker") or {}
-        states = ", ".join(f"{k} {v}" for k, v in sorted(breaker.items()) if v) or "no L2 breaker reported"
-        lines.append(f"this host  {r.get('status')}; cache breaker: {states}")
+        lines.append(_readiness_line(r))
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ from typing import IO
 import msgspec
 
 from workers.config import ENV_PREFIX, env_name
+from workers.fleet.state import FleetState, ProcessRecord
 from workers.settings import Settings
 
 #: The repository root (the directory holding ``workers``).
@@ -73,24 +74,39 @@ def start_workers(
     return start_catfleet([*argv, *args], settings, log=log, **env)
 
 
-def wait_ready(settings: Settings, proc: subprocess.Popen[bytes], *, timeout: float = 60.0) -> None:
-    """Until a worker heartbeats where the broker keeps heartbeats (Redis); elsewhere a fixed
-    grace of 3 s."""
+def _parent_pid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def own_records(state: FleetState, proc: subprocess.Popen[bytes]) -> list[ProcessRecord]:
+    """The fleet records of the worker processes that ``proc`` (``catfleet worker``) supervises."""
+    host = socket.gethostname()
+    return [r for r in state.processes() if r.host == host and _parent_pid(r.pid) == proc.pid]
+
+
+def wait_ready(
+    settings: Settings, proc: subprocess.Popen[bytes], *, timeout: float = 60.0, processes: int = 1
+) -> None:
+    """Until ``processes`` worker processes of ``proc`` have published their fleet record (they do
+    once their consumers run), on every broker."""
     from workers.backends import backend_for
 
     backend = backend_for(settings)
+    state = backend.fleet_state()
     deadline = time.monotonic() + timeout
     try:
-        if backend.workers_seen() is None:
-            time.sleep(3)
-            return
-        while not backend.workers_seen():
+        while len(own_records(state, proc)) < processes:
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited with code {proc.returncode}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"worker not ready after {timeout}s")
             time.sleep(0.05)
     finally:
+        state.close()
         backend.close()
 
 

@@ -16,6 +16,7 @@ from pipeline.settings import KEEPALIVE_COUNT, KEEPALIVE_INTERVAL_S
 from workers.backends.base import FLEET_QUEUES, Backend, Check, QueueStats
 from workers.backends.rabbitmq.broker import FleetRabbitmqBroker
 from workers.backends.rabbitmq.deadletters import RabbitmqDeadLetterStore
+from workers.backends.rabbitmq.fleetstate import PostgresFleetState
 from workers.backends.rabbitmq.records import PostgresDeliveryCounter, PostgresFailureLog
 from workers.dlq.base import AuditLog
 from workers.failures import LazyDatabase
@@ -80,6 +81,10 @@ class RabbitmqBackend(Backend):
     ) -> RabbitmqDeadLetterStore:
         """``queues``' dead letters (AMQP cannot list queues)."""
         return RabbitmqDeadLetterStore(self.url, queues, failures=self._failures, audit=audit)
+
+    def fleet_state(self) -> PostgresFleetState:
+        """In PostgreSQL (AMQP has nowhere to keep records)."""
+        return PostgresFleetState(self.database, ttl_ms=self.settings.broker_heartbeat_timeout_ms)
 
     def queue_stats(self, queues: Sequence[str] = FLEET_QUEUES) -> list[QueueStats]:
         """Message counts of each queue, its delay and its dead-letter queue (declares them, as

@@ -11,10 +11,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
+import pika.exceptions
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
+from dramatiq.errors import ConnectionClosed
 
 from workers.dlq.base import canonical_queue
 from workers.failures import FailureLog, FailureRecord
+from workers.fleet.gate import PauseGate
 from workers.settings import DEFAULT_MAX_MESSAGE_BYTES
 
 #: Where the message id sits in an encoded envelope: near its end, so only the tail is searched
@@ -34,6 +37,8 @@ class FleetRabbitmqBroker(RabbitmqBroker):
         super().__init__(**kwargs)
         self.failure_log = failure_log
         self.max_message_bytes = max_message_bytes
+        #: Queues an operator paused (refreshed by the presence middleware in worker processes).
+        self.pause_gate = PauseGate()
 
     @property
     def consumer_class(self) -> type[_RabbitmqConsumer]:
@@ -50,6 +55,27 @@ class _BoundedRabbitmqConsumer(_RabbitmqConsumer):
     def __init__(self, broker: FleetRabbitmqBroker, queue_name: str, prefetch: int, timeout: int):
         super().__init__(broker, queue_name, prefetch, timeout)
         self.iterator = self._bounded(self.iterator)
+        self.timeout_s = timeout / 1000
+        self.consuming = True
+
+    def __next__(self) -> Any:
+        """While the queue is paused, the channel's consumer is cancelled (RabbitMQ takes back the
+        deliveries not handed out yet and sends no more) and the connection is still served: acks
+        of what the process holds go out and heartbeats are answered. On resume it consumes again."""
+        if self.broker.pause_gate.is_paused(self.queue_name):
+            try:
+                if self.consuming:
+                    self.channel.cancel()
+                    self.consuming = False
+                self.connection.process_data_events(time_limit=self.timeout_s)
+            except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+                raise ConnectionClosed(e) from None
+            return None
+        if not self.consuming:
+            consumer = self.channel.consume(self.queue_name, inactivity_timeout=self.timeout_s)
+            self.iterator = self._bounded(consumer)
+            self.consuming = True
+        return super().__next__()
 
     def _bounded(self, deliveries: Iterator[Any]) -> Iterator[Any]:
         """The channel's deliveries, minus the bodies over the limit: those are rejected without

@@ -18,6 +18,7 @@ from pipeline.errors import CatfleetError
 from workers.backends.base import FLEET_QUEUES, Backend, Check, QueueStats
 from workers.backends.redis.broker import SafeRedisBroker
 from workers.backends.redis.deadletters import RedisDeadLetterStore
+from workers.backends.redis.fleetstate import RedisFleetState
 from workers.backends.redis.keys import RedisKeys
 from workers.backends.redis.maintenance import BrokerMaintenance
 from workers.backends.redis.records import RedisDeliveryCounter, RedisFailureLog
@@ -84,6 +85,9 @@ class RedisBackend(Backend):
     def dead_letters(self, audit: AuditLog, *, queues: Sequence[str] = FLEET_QUEUES) -> RedisDeadLetterStore:
         """Every queue of the namespace that has dead letters is looked at (``queues`` unused)."""
         return RedisDeadLetterStore(self.client, self.keys, failures=self._failures, audit=audit)
+
+    def fleet_state(self) -> RedisFleetState:
+        return RedisFleetState(self.client, self.keys, ttl_ms=self.settings.broker_heartbeat_timeout_ms)
 
     def queue_stats(self, queues: Sequence[str] = FLEET_QUEUES) -> list[QueueStats]:
         """Two round trips (three when a queue has a head message): sizes, the live broker ids'

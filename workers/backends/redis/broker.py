@@ -35,6 +35,7 @@ from redis.exceptions import NoScriptError
 from workers.backends.redis.keys import RedisKeys
 from workers.dlq.base import canonical_queue
 from workers.failures import MAX_ERROR_CHARS, FailureLog, FailureRecord
+from workers.fleet.gate import PauseGate
 from workers.settings import DEFAULT_MAX_MESSAGE_BYTES
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,8 @@ class SafeRedisBroker(RedisBroker):
         self.wakeup = wakeup
         self.keys = RedisKeys(self.namespace)
         self._wake_lock = threading.Lock()
+        #: Queues an operator paused (refreshed by the presence middleware in worker processes).
+        self.pause_gate = PauseGate()
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -277,6 +280,7 @@ class _SafeRedisConsumer(_RedisConsumer):
         self.wake = broker.wake_event(queue_name)
         #: Set while the consumer waits for capacity: the next ack or nack wakes it.
         self.full = False
+        broker.pause_gate.wake_on_resume(queue_name, self.wake)
 
     def ack(self, message: Any) -> None:
         try:
@@ -294,11 +298,22 @@ class _SafeRedisConsumer(_RedisConsumer):
         if self.full:
             self.wake.set()
 
+    def _paused(self) -> bool:
+        """Paused and holding nothing fetched: wait (until a resume or the timeout), fetch nothing.
+        What the consumer already fetched is still handed out (the process finishes it)."""
+        if self.message_cache or not self.broker.pause_gate.is_paused(self.queue_name):
+            return False
+        self.wake.clear()
+        self.wake.wait(self.timeout / 1000)  # a resume sets it
+        return True
+
     def _next(self) -> Any:
         """Dramatiq's ``_RedisConsumer.__next__`` (2.2.1), but its sleeps end early: an idle
         consumer's on the queue's wake event (a publish), a full one's (prefetch all handed
         out) on the next ack. Dramatiq instead sleeps its growing idle back-off in both cases, so
         a full consumer can leave a queue waiting for up to ``timeout`` after capacity frees."""
+        if self._paused():
+            return None
         try:
             while True:
                 if self.message_cache:

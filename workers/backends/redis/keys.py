@@ -90,6 +90,30 @@ class RedisKeys:
         """Hash of the dead-letter tool's counts: field ``<queue>:<replayed|purged>``."""
         return self._key("catfleet.deadletter.actions")
 
+    # the fleet's own state (workers.fleet.state)
+    @property
+    def processes(self) -> str:
+        """Sorted set of live worker process ids by last beat (ms)."""
+        return self._key("catfleet.procs")
+
+    def process(self, record_id: str) -> str:
+        """A worker process's record (JSON), expiring one heartbeat timeout after its last beat."""
+        return self._key(f"catfleet.proc:{record_id}")
+
+    @property
+    def paused(self) -> str:
+        """Hash of paused queues: queue -> who paused it and when (JSON)."""
+        return self._key("catfleet.paused")
+
+    @property
+    def queue_actions(self) -> str:
+        """List of pauses and resumes, newest first (JSON), capped."""
+        return self._key("catfleet.queue.actions")
+
+    def processed(self, queue: str, bucket: int) -> str:
+        """Messages of ``queue`` finished in the 10 s bucket starting at ``bucket`` (s)."""
+        return self._key(f"catfleet.tp:{queue}:{bucket}")
+
     def wake_channel(self, queue: str) -> str:
         """The channel an enqueue on ``queue`` publishes to (payload unused)."""
         return f"{self.namespace}:wake:{queue}"
