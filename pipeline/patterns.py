@@ -15,7 +15,7 @@ import psycopg
 from pipeline import queries
 from pipeline.db import Database
 from pipeline.errors import InvalidPattern, UnknownCategory, UnknownPattern
-from pipeline.rules import canonical_value
+from pipeline.rules import canonical_value, compile_problem
 from schemas import PatternKind
 
 SOURCES = ("seed", "user", "learned")
@@ -37,6 +37,8 @@ class PatternRow(msgspec.Struct, kw_only=True):
     usage_count: int
     success_count: int
     updated_at: dt.datetime
+    #: Why the workers skip it (its value does not compile: a row written by plain SQL); None: fine.
+    problem: str | None = None
 
 
 class PatternAdmin:
@@ -49,9 +51,24 @@ class PatternAdmin:
         user_id: int | None = None,
         source: str | None = None,
         kind: str | None = None,
+        active: bool | None = None,
+        category: str | None = None,
+        search: str | None = None,
         limit: int = LIST_LIMIT,
+        offset: int = 0,
     ) -> list[PatternRow]:
-        params = {"user_id": user_id, "source": source, "kind": kind, "limit": limit}
+        """Patterns by id, filtered (``search``: a case-insensitive substring of the value), each
+        with its compile problem if it has one."""
+        params = {
+            "user_id": user_id,
+            "source": source,
+            "kind": kind,
+            "active": active,
+            "category": category,
+            "search": search or None,
+            "limit": limit,
+            "offset": offset,
+        }
         rows = self.db.run(lambda c: c.execute(queries.LIST_PATTERNS, params).fetchall(), read=True)
         return [
             PatternRow(
@@ -66,6 +83,7 @@ class PatternAdmin:
                 usage_count=r[8],
                 success_count=r[9],
                 updated_at=r[10],
+                problem=compile_problem(r[3], r[4]),
             )
             for r in rows
         ]

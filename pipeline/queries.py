@@ -410,8 +410,11 @@ FROM categorization_patterns p JOIN categories k ON k.id = p.category_id
 WHERE (%(user_id)s::bigint IS NULL OR p.user_id = %(user_id)s::bigint)
   AND (%(source)s::text IS NULL OR p.source = %(source)s::text)
   AND (%(kind)s::text IS NULL OR p.kind = %(kind)s::text)
+  AND (%(active)s::boolean IS NULL OR p.active = %(active)s::boolean)
+  AND (%(category)s::text IS NULL OR k.key = %(category)s::text)
+  AND (%(search)s::text IS NULL OR strpos(lower(p.value), lower(%(search)s::text)) > 0)
 ORDER BY p.id
-LIMIT %(limit)s
+LIMIT %(limit)s OFFSET %(offset)s
 """
 
 SET_PATTERN_ACTIVE: LiteralString = """

@@ -77,6 +77,23 @@ class Hit(msgspec.Struct, frozen=True):
     detail: str
 
 
+def compile_problem(kind: PatternKind | str, value: str) -> str | None:
+    """Why a stored value would be skipped by the rule-set compile (None: it compiles): what
+    ``Ruleset`` checks per kind, for listing patterns with their problems."""
+    try:
+        kind = PatternKind(kind)
+        if kind is PatternKind.REGEX:
+            error = _re2_error(value)
+            return None if error is None else f"regex rejected by RE2: {error}"
+        if kind is PatternKind.AMOUNT_RANGE:
+            parse_amount_range(value)
+        elif kind is PatternKind.TIME:
+            parse_time(value)
+    except (InvalidPattern, ValueError) as exc:
+        return str(exc)
+    return None
+
+
 def canonical_value(kind: PatternKind | str, value: str) -> str:
     """The stored form of a pattern value; raises InvalidPattern with a clear reason."""
     kind = PatternKind(kind)

@@ -63,6 +63,7 @@ def test_list_disable_enable_a_learned_pattern(
         "active",
         "used",
         "ok",
+        "problem",
     ]
     assert "blue bottle coffee" in text[1] and text[-1] == "1 pattern(s)"
 
@@ -118,3 +119,44 @@ def test_add_refuses_a_redos_regex_at_save_time(
     assert conn.execute("SELECT count(*) FROM categorization_patterns").fetchone() == before
     ok = cli(settings, "add", "--kind", "regex", "--value=^uber\\s*eats", "--category", "dining")
     assert ok.returncode == 0, ok.stderr
+
+
+def test_list_flags_what_the_workers_skip_and_filters_by_state_category_and_text(
+    settings: Settings, conn: psycopg.Connection[Any], cats: dict[str, int]
+) -> None:
+    """Rows written by plain SQL skip the save-time checks: the list says which ones the workers
+    skip and why, as the compile does; filters narrow by active state, category and value text."""
+    broken = {
+        "regex": "(?<=lookbehind)x",  # RE2 rejects lookbehind
+        "amount_range": "ten..twenty",
+        "time": "25:99-26:00",
+    }
+    ids = {}
+    for kind, value in broken.items():
+        row = conn.execute(
+            "INSERT INTO categorization_patterns (category_id, kind, value, weight, source)"
+            " VALUES (%s, %s, %s, 0.8, 'seed') RETURNING id",
+            (cats["coffee"], kind, value),
+        ).fetchone()
+        ids[kind] = row[0]  # type: ignore[index]
+    conn.execute("UPDATE categorization_patterns SET active = false WHERE id = %s", (ids["time"],))
+
+    listed = {p["id"]: p for p in json.loads(cli(settings, "list", "--json").stdout)}
+    for kind, pid in ids.items():
+        assert listed[pid]["problem"], (kind, listed[pid])
+    assert "RE2" in listed[ids["regex"]]["problem"]
+    assert sum(1 for p in listed.values() if p["problem"]) == 3  # the seeds compile
+    text = cli(settings, "list").stdout
+    assert "SKIPPED: regex rejected by RE2" in text and "3 skipped by the workers" in text.splitlines()[-1]
+
+    inactive = json.loads(cli(settings, "list", "--inactive", "--json").stdout)
+    assert [p["id"] for p in inactive] == [ids["time"]]
+    active = json.loads(cli(settings, "list", "--active", "--category", "coffee", "--json").stdout)
+    assert {p["id"] for p in active} >= {ids["regex"], ids["amount_range"]} and ids["time"] not in {
+        p["id"] for p in active
+    }
+    assert all(p["category"] == "coffee" for p in active)
+    found = json.loads(cli(settings, "list", "--search", "LOOKBEHIND", "--json").stdout)
+    assert [p["id"] for p in found] == [ids["regex"]]
+    both = cli(settings, "list", "--active", "--inactive")
+    assert both.returncode == 2 and "not allowed with" in both.stderr

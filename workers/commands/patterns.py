@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the CLI starts without importing psycopg
 
 #: Seconds to wait for PostgreSQL to accept a connection.
 CONNECT_TIMEOUT_S = 5
-_COLUMNS = ("id", "user", "kind", "value", "category", "weight", "source", "active", "used", "ok")
+_COLUMNS = ("id", "user", "kind", "value", "category", "weight", "source", "active", "used", "ok", "problem")
 
 
 def _database(settings: Settings) -> Database:
@@ -47,7 +47,14 @@ def _admin(settings: Settings) -> Iterator[PatternAdmin]:
 
 def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     with _admin(settings) as admin:
-        rows = admin.list(user_id=args.user, source=args.source, kind=args.kind)
+        rows = admin.list(
+            user_id=args.user,
+            source=args.source,
+            kind=args.kind,
+            active=args.active,
+            category=args.category,
+            search=args.search,
+        )
     if args.json:
         print(msgspec.json.encode(rows).decode())
         return 0
@@ -63,13 +70,18 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
             "yes" if r.active else "no",
             str(r.usage_count),
             str(r.success_count),
+            f"SKIPPED: {r.problem}" if r.problem else "",
         )
         for r in rows
     ]
     widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(_COLUMNS)]
     for row in [_COLUMNS, *table]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    print(f"{len(rows)} pattern(s)")
+    broken = sum(1 for r in rows if r.problem)
+    print(
+        f"{len(rows)} pattern(s)"
+        + (f", {broken} skipped by the workers (their value does not compile)" if broken else "")
+    )
     return 0
 
 
@@ -108,6 +120,13 @@ def register(sub: Any) -> None:
     q.add_argument("--user", type=int, help="only this user's patterns")
     q.add_argument("--source", choices=["seed", "user", "learned"])
     q.add_argument("--kind", choices=kinds)
+    q.add_argument("--category", help="only this category key")
+    state = q.add_mutually_exclusive_group()
+    state.add_argument("--active", dest="active", action="store_const", const=True, help="only active ones")
+    state.add_argument(
+        "--inactive", dest="active", action="store_const", const=False, help="only disabled ones"
+    )
+    q.add_argument("--search", help="value contains this text (case-insensitive)")
     q.add_argument("--json", action="store_true", help="a JSON array")
     q.set_defaults(func=cmd_list)
 
