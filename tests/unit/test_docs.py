@@ -1,4 +1,5 @@
-"""The README is the front door: every setting, command and metric the code defines is documented."""
+"""The README is the front door: every setting, command and metric the code defines is documented,
+and every Procfile process type, systemd unit and alert of deploy/ is named, none that does not exist."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 
+from tests.support.readme import alert_names, procfile, readme_section, systemd_units
 from workers.commands import build_parser
 from workers.config import env_name
 from workers.settings import Settings
@@ -70,3 +72,60 @@ def test_every_documented_metric_exists() -> None:
     assert len(documented) > 15
     unknown = sorted(n for n in documented if n not in code and n.removesuffix("_total") not in code)
     assert unknown == []
+
+
+def test_every_command_has_a_row_in_the_commands_table() -> None:
+    """Mentioned somewhere is not enough: the Commands table lists every command, except the
+    ``dlq`` subcommands, which their own section (*Dead letters*) documents."""
+    rows = [line for line in readme_section("## Commands").splitlines() if line.startswith("| `catfleet")]
+    commands = _commands(build_parser(), "catfleet")
+    own_section = [c for c in commands if c.startswith("catfleet dlq")]
+    assert own_section
+    dead_letters = readme_section("## Dead letters")
+    assert [c for c in own_section if c.removeprefix("catfleet ") not in dead_letters] == []
+    missing = [
+        c
+        for c in commands
+        if c not in own_section and not any(re.search(rf"`{re.escape(c)}[ `]", r) for r in rows)
+    ]
+    assert missing == []
+
+
+#: A list of Procfile process types in prose: "the `Procfile` types `worker`, `migrate` and
+#: `relay`", "(Procfile process `relay`)".
+_PROCFILE_LIST = re.compile(r"Procfile`?[^`.\n]{0,40}?((?:`[a-z][a-z-]*`(?:,? and |, |,? or )?)+)")
+
+
+def _procfile_lists() -> list[set[str]]:
+    prose = " ".join(README.split())
+    return [set(re.findall(r"`([a-z-]+)`", m.group(1))) for m in _PROCFILE_LIST.finditer(prose)]
+
+
+def test_procfile_types_named_in_the_readme_exist_and_all_are_named() -> None:
+    types = set(procfile())
+    lists = _procfile_lists()
+    assert len(lists) >= 2
+    assert [sorted(named - types) for named in lists if named - types] == []
+    # the lists that claim to be complete (Layout and Running in production) name them all
+    for heading in ("### Layout", "## Running in production"):
+        section = " ".join(readme_section(heading).split())
+        complete = [set(re.findall(r"`([a-z-]+)`", m.group(1))) for m in _PROCFILE_LIST.finditer(section)]
+        assert complete == [types], heading
+
+
+def test_systemd_units_named_in_the_readme_exist_and_all_are_named() -> None:
+    """A unit is named with its suffix (`catfleet-worker.service`); `catfleet-worker` alone is a
+    process or a Kubernetes object."""
+    named = set(re.findall(r"`(catfleet-[a-z-]+\.service)`", README))
+    units = set(systemd_units())
+    assert len(units) >= 4
+    assert named == units
+
+
+def test_alerts_named_in_the_readme_exist_and_all_are_named() -> None:
+    named = {n for n in re.findall(r"`(Catfleet[A-Z][A-Za-z]+)`", README) if not n.endswith("Error")}
+    alerts = alert_names()
+    assert len(alerts) >= 8
+    assert named == alerts
+    production = readme_section("## Running in production")
+    assert [a for a in alerts if f"`{a}`" not in production] == []  # the list of alerts is complete
