@@ -242,6 +242,14 @@ class MemoryCategorizationStore(CategorizationSink):
                 ):
                     self.db.rows[expense_id] = new
                     written.add(expense_id)
+                elif (
+                    old.source == "auto"
+                    and new.ruleset_version >= old.ruleset_version
+                    and old.correlation_id != new.correlation_id
+                ):  # the same result from another run: re-tagged, not counted as written
+                    self.db.rows[expense_id] = msgspec.structs.replace(
+                        old, message_id=new.message_id, correlation_id=new.correlation_id
+                    )
         return written
 
 

@@ -11,9 +11,15 @@ from typing import Any
 
 import msgspec
 import psycopg
+import psycopg.errors
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pipeline.db import translate_errors
-from pipeline.errors import DatabaseError, MigrationError
+from pipeline.errors import CatfleetError, DatabaseError, MigrationError
+
+#: The database every PostgreSQL server has, where a missing one is looked up and created.
+MAINTENANCE_DB = "postgres"
 
 #: pg_advisory_lock key: 'catfleet' in ASCII.
 MIGRATION_LOCK_KEY = 0x63617466_6C656574 & 0x7FFFFFFFFFFFFFFF
@@ -121,3 +127,57 @@ def migrate(conn: psycopg.Connection[Any], *, directory: Traversable | None = No
         finally:
             if not conn.closed:  # a lost connection released the lock; its error is the one to report
                 conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+class DatabaseMissing(CatfleetError):
+    """The server answers, but the DSN's database does not exist on it."""
+
+
+def _where(dsn: str) -> tuple[str, str]:
+    """(database name, ``host:port``) of ``dsn``, for a message (no user, no password)."""
+    params = conninfo_to_dict(dsn)
+    host = str(params.get("host") or params.get("hostaddr") or "localhost")
+    return str(params.get("dbname") or params.get("user") or ""), f"{host}:{params.get('port') or 5432}"
+
+
+def database_missing(dsn: str, *, connect_timeout: int) -> DatabaseMissing | None:
+    """When ``dsn`` cannot be connected to: a ``DatabaseMissing`` if the server answers through
+    its maintenance database and has no database of that name; None when that cannot be told
+    (the server is down, the maintenance database is not open to this user, ...). Asking the
+    catalog, not matching the server's (translatable) message."""
+    name, where = _where(dsn)
+    if not name or name == MAINTENANCE_DB:
+        return None
+    try:
+        with psycopg.connect(
+            make_conninfo(dsn, dbname=MAINTENANCE_DB), autocommit=True, connect_timeout=connect_timeout
+        ) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    except psycopg.Error:
+        return None
+    if exists:
+        return None
+    return DatabaseMissing(
+        f"database {name!r} does not exist on {where}: create it (catfleet migrate --create-database)"
+        " or point CATFLEET_DATABASE_URL at an existing one"
+    )
+
+
+def create_database(dsn: str, *, connect_timeout: int) -> bool:
+    """Create the database ``dsn`` names, through the server's maintenance database (needs the
+    CREATEDB privilege); False when it exists already (another host may create it at the same
+    moment: that is not an error)."""
+    name, _ = _where(dsn)
+    with (
+        translate_errors(),
+        psycopg.connect(
+            make_conninfo(dsn, dbname=MAINTENANCE_DB), autocommit=True, connect_timeout=connect_timeout
+        ) as conn,
+    ):
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            return False
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+            return False  # created by another host just now (the catalog's unique index said so)
+    return True

@@ -67,9 +67,16 @@ ORDER BY p.id
 """
 
 #: One set-based, idempotent write per batch. A row owned by the user is never touched; an
-#: identical repeat changes nothing (not even categorized_at); an older ruleset never
-#: overwrites a newer one.
+#: older ruleset never overwrites a newer one; a replay (same result, same correlation id)
+#: changes nothing, not even categorized_at. A run that computes the same result under another
+#: correlation id (another request; without one given, the message id) re-tags the row: its
+#: message_id and correlation_id become this run's, so a run is traced from its rows, while
+#: categorized_at, enqueued_at and ruleset_version keep dating the result. Only ids inserted or
+#: with a changed result come back: a re-tagged row keeps its categorized_at, which is earlier
+#: than this statement's start (a row changed or inserted now gets clock_timestamp(), later).
+#: Still one statement per batch (the data-modifying CTE runs once).
 UPSERT_CATEGORIZATIONS: LiteralString = """
+WITH w AS (
 INSERT INTO categorizations AS c (
     expense_id, category_id, pattern_id, confidence, band, method, explanation,
     ruleset_version, message_id, correlation_id, source, enqueued_at)
@@ -82,15 +89,25 @@ FROM unnest(%(expense_ids)b::bigint[], %(category_ids)b::bigint[], %(pattern_ids
 ON CONFLICT (expense_id) DO UPDATE SET
     category_id = EXCLUDED.category_id, pattern_id = EXCLUDED.pattern_id,
     confidence = EXCLUDED.confidence, band = EXCLUDED.band, method = EXCLUDED.method,
-    explanation = EXCLUDED.explanation, ruleset_version = EXCLUDED.ruleset_version,
+    explanation = EXCLUDED.explanation,
     message_id = EXCLUDED.message_id, correlation_id = EXCLUDED.correlation_id,
-    enqueued_at = EXCLUDED.enqueued_at, categorized_at = clock_timestamp()
+    (ruleset_version, enqueued_at, categorized_at) = (
+        SELECT CASE WHEN r.changed THEN EXCLUDED.ruleset_version ELSE c.ruleset_version END,
+               CASE WHEN r.changed THEN EXCLUDED.enqueued_at ELSE c.enqueued_at END,
+               CASE WHEN r.changed THEN clock_timestamp() ELSE c.categorized_at END
+        FROM (SELECT (c.category_id, c.pattern_id, c.confidence, c.band, c.explanation::text)
+                     IS DISTINCT FROM
+                     (EXCLUDED.category_id, EXCLUDED.pattern_id, EXCLUDED.confidence, EXCLUDED.band,
+                      EXCLUDED.explanation::text) AS changed) r)
 WHERE c.source = 'auto'
   AND EXCLUDED.ruleset_version >= c.ruleset_version
-  AND (c.category_id, c.pattern_id, c.confidence, c.band, c.explanation::text)
-      IS DISTINCT FROM
-      (EXCLUDED.category_id, EXCLUDED.pattern_id, EXCLUDED.confidence, EXCLUDED.band, EXCLUDED.explanation::text)
-RETURNING c.expense_id
+  AND ((c.category_id, c.pattern_id, c.confidence, c.band, c.explanation::text)
+       IS DISTINCT FROM
+       (EXCLUDED.category_id, EXCLUDED.pattern_id, EXCLUDED.confidence, EXCLUDED.band, EXCLUDED.explanation::text)
+       OR c.correlation_id IS DISTINCT FROM EXCLUDED.correlation_id)
+RETURNING c.expense_id, c.categorized_at >= statement_timestamp() AS changed
+)
+SELECT expense_id FROM w WHERE changed
 """
 
 #: Expenses with no categorization yet (the producer's "all uncategorized").

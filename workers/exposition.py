@@ -4,7 +4,9 @@
   merged from the multiprocess directory) plus the broker's queue statistics read now;
 - ``/healthz``: liveness, 200 while this server answers;
 - ``/readyz``: readiness, 200 when the broker and PostgreSQL answer (``degraded`` when the L2
-  cache breaker is open: lookups go to PostgreSQL), 503 otherwise; a JSON body says why.
+  cache breaker is open: lookups go to PostgreSQL), 503 otherwise; a JSON body says which
+  dependency failed and the error's class, never a host, port or DSN (it is unauthenticated:
+  the details go to this process's log).
 
 Host, port and directory are Dramatiq's (``dramatiq_prom_host`` / ``_port`` / ``_db``), which
 ``catfleet worker`` maps from ``CATFLEET_METRICS_HOST`` / ``_PORT`` / ``_DIR``.
@@ -71,6 +73,7 @@ def serve() -> int:
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    from workers import metrics
     from workers.backends import backend_for
     from workers.collector import BrokerCollector
     from workers.config import settings_from_env
@@ -78,6 +81,7 @@ def serve() -> int:
 
     settings = settings_from_env()
     setup_logging(settings)
+    metrics.zero_series()  # every known counter series at 0 from the first scrape (not "No data")
     backend = backend_for(settings)
     registry = CollectorRegistry()
     workers = MultiProcessCollector(registry, path=DB_PATH)

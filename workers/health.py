@@ -1,8 +1,14 @@
 """Readiness: can this host's workers do their job? Broker and PostgreSQL must answer; the L2
-cache breaker is reported, and an open breaker only degrades (lookups go to PostgreSQL)."""
+cache breaker is reported, and an open breaker only degrades (lookups go to PostgreSQL).
+
+``/readyz`` is unauthenticated, so its answer names the failing dependency and the error's
+class only (``{"ok": false, "error": "OperationalError"}``): a driver's message carries the
+server's host, port and database name. The whole message is logged (WARNING, redacted) by the
+process that answered."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -15,6 +21,8 @@ from workers.settings import Settings
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
+log = logging.getLogger(__name__)
+
 #: Seconds a readiness check may take per dependency.
 CHECK_TIMEOUT_S = 2
 
@@ -24,6 +32,7 @@ class Readiness(msgspec.Struct, kw_only=True):
     broker: Check
     database: Check
     cache_breaker: dict[str, int]  # state -> worker processes in it; empty: no L2 breaker reported
+    failing: list[str] = []  # the dependencies that did not answer: "broker", "database"
 
     @property
     def ready(self) -> bool:
@@ -39,6 +48,16 @@ def check_database(settings: Settings) -> Check:
     return Check(ok=True)
 
 
+def public(name: str, check: Check) -> Check:
+    """``check`` as the unauthenticated endpoint may show it: the error's class (the text before
+    the first ``:`` of ``Check.failed``'s ``"<class>: <message>"``), the message logged here."""
+    if check.ok:
+        return check
+    log.warning("readiness: %s check failed: %s", name, check.error)
+    error_class = (check.error or "").split(":", 1)[0].strip()
+    return Check(ok=False, error=error_class if error_class.isidentifier() else "Error")
+
+
 def breaker_states(metrics: Iterable[Metric]) -> dict[str, int]:
     """Processes per breaker state, from the collected ``catfleet_cache_breaker_state`` gauge."""
     states: dict[str, int] = {}
@@ -50,12 +69,13 @@ def breaker_states(metrics: Iterable[Metric]) -> dict[str, int]:
 
 
 def readiness(settings: Settings, backend: Backend, metrics: Iterable[Metric]) -> Readiness:
-    b, d = backend.check(), check_database(settings)
+    b, d = public("broker", backend.check()), public("database", check_database(settings))
     breaker = breaker_states(metrics)
-    if not (b.ok and d.ok):
+    failing = [name for name, check in (("broker", b), ("database", d)) if not check.ok]
+    if failing:
         status = "unready"
     elif breaker.get("open", 0) or breaker.get("half_open", 0):
         status = "degraded"
     else:
         status = "ready"
-    return Readiness(status=status, broker=b, database=d, cache_breaker=breaker)
+    return Readiness(status=status, broker=b, database=d, cache_breaker=breaker, failing=failing)

@@ -20,7 +20,10 @@ Helpers elsewhere use:
 - ``count_fallback_lookups(n)``: lookups sent to PostgreSQL because L2 was unavailable
   (``record_batch`` already counts the ``<tier>_error`` keys of a batch's cache stats);
 - ``workers.queues.record_dead_letter_action(...)`` (called by ``catfleet dlq``) for replays and purges (stored in the
-  broker's Redis so the count does not depend on which host ran the command).
+  broker's Redis so the count does not depend on which host ran the command);
+- ``zero_series()``: the metrics server (``workers.exposition``) calls it once at start, so every
+  labelled counter has all its known series at 0 from the first scrape on (a dashboard or an
+  alert sees 0, not "No data", before the first error, retry or breaker transition).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import pybreaker
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pipeline.rules import SkippedPattern
-from schemas import CATEGORIZE_ACTOR, LEARN_ACTOR
+from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE, LEARN_ACTOR, LEARN_QUEUE, PatternKind
 
 #: The registry of the metrics below (read directly only in single-process use, e.g. tests;
 #: in a worker the values go to the multiprocess directory and the endpoint reads them there).
@@ -46,6 +49,12 @@ CACHE_TIERS = ("l1", "l2", "l3")
 CACHE_RESULTS = ("hit", "miss", "error")
 BREAKER_STATES = ("closed", "half_open", "open")
 CONFLICT_REASONS = ("user_owned", "unchanged")
+#: The ``kind`` label of ``catfleet_patterns_skipped_total``: the kinds the rule set compiles
+#: (merchant patterns are looked up, not compiled; token votes are not stored patterns).
+PATTERN_KINDS = tuple(k.value for k in PatternKind if k not in (PatternKind.MERCHANT, PatternKind.TOKEN))
+#: (queue, actor) of every fleet actor: the ``queue_name`` / ``actor_name`` pairs of Dramatiq's
+#: per-actor metrics (its retries are enqueued on the delay queue, ``<queue>.DQ``, and counted there).
+FLEET_ACTORS = ((CATEGORIZE_QUEUE, CATEGORIZE_ACTOR), (LEARN_QUEUE, LEARN_ACTOR))
 
 WORKER_PROCESSES = Gauge(
     "catfleet_worker_processes",
@@ -185,3 +194,42 @@ class BreakerMetricsListener(pybreaker.CircuitBreakerListener):
 
     def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
         count_breaker_transition(str(new_state.name))
+
+
+def _dramatiq_counters() -> dict[str, Counter]:
+    """Dramatiq's per-actor counters as its ``Prometheus`` middleware defines them in each worker
+    process (same names, help and labels), in a private registry: in multiprocess mode a series
+    is a name and its labels in the host's directory, whichever process wrote it."""
+    registry = CollectorRegistry()
+    labels = ["queue_name", "actor_name"]
+    helps = {
+        "dramatiq_messages_total": "The total number of messages processed.",
+        "dramatiq_message_errors_total": "The total number of errored messages.",
+        "dramatiq_message_retries_total": "The total number of retried messages.",
+        "dramatiq_message_rejects_total": "The total number of dead-lettered messages.",
+    }
+    return {name: Counter(name, text, labels, registry=registry) for name, text in helps.items()}
+
+
+def zero_series() -> None:
+    """Create every known series of every labelled counter, at 0 (``.labels(...)`` makes the
+    child): catfleet's (outcomes, write conflicts, cache tiers and results, pattern kinds,
+    breaker states) and Dramatiq's per-actor counters for the fleet's (queue, actor) pairs
+    (retries on the delay queue). Only these bounded sets: the ``unknown`` label value and
+    made-up names appear only if something is counted under them. Idempotent."""
+    for outcome in OUTCOMES:
+        EXPENSES.labels(outcome)
+    for reason in CONFLICT_REASONS:
+        WRITE_CONFLICTS.labels(reason)
+    for tier in CACHE_TIERS:
+        for result in CACHE_RESULTS:
+            CACHE_LOOKUPS.labels(tier, result)
+    for kind in PATTERN_KINDS:
+        PATTERNS_SKIPPED.labels(kind)
+    for state in BREAKER_STATES:
+        BREAKER_TRANSITIONS.labels(state)
+    BATCH_SIZE.labels(CATEGORIZE_ACTOR)  # the one batch actor: its histogram's buckets at 0
+    dramatiq = _dramatiq_counters()
+    for queue, actor in FLEET_ACTORS:
+        for name, counter in dramatiq.items():
+            counter.labels(f"{queue}.DQ" if name == "dramatiq_message_retries_total" else queue, actor)

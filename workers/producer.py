@@ -74,6 +74,21 @@ class Producer:
         """Enqueue a user's correction for ``learn_from_correction``; returns the payload sent.
         Without a key, ``default_correction_key(expense_id, category_key)`` is used: sending the
         same correction twice records it once. ValueError on a payload the schema refuses."""
+        correction = self.build_correction(
+            expense_id, category_key, idempotency_key=idempotency_key, correlation_id=correlation_id
+        )
+        self.send_correction(correction)
+        return correction
+
+    @staticmethod
+    def build_correction(
+        expense_id: int,
+        category_key: str,
+        *,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Correction:
+        """The ``Correction`` ``correct`` would send (nothing sent); ValueError if the schema refuses it."""
         raw: dict[str, Any] = {
             "expense_id": expense_id,
             "category_key": category_key,
@@ -84,12 +99,13 @@ class Producer:
         if correlation_id:
             raw["correlation_id"] = correlation_id
         try:
-            correction = msgspec.convert(raw, Correction)
+            return msgspec.convert(raw, Correction)
         except msgspec.ValidationError as exc:
             raise ValueError(f"invalid correction: {exc}") from None
+
+    def send_correction(self, correction: Correction) -> None:
         self.broker.declare_queue(LEARN_QUEUE)
         self.send([self.correction_message(correction)])
-        return correction
 
     @staticmethod
     def correction_message(correction: Correction) -> dramatiq.Message[Any]:

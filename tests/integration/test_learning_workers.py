@@ -77,9 +77,11 @@ def test_correction_on_one_worker_changes_the_next_batch_on_another(
         assert scalar(conn, "SELECT count(*) FROM corrections") == 1
         assert scalar(conn, "SELECT version FROM ruleset") == version
 
-        # bad input: dead-lettered at once with a clear reason; the learn worker goes on
-        bad = cli(settings, "correct", str(e3), "no-such-category", "--json")
-        assert bad.returncode == 0, bad.stderr
+        # bad input (a producer that does not validate, as `catfleet correct` does): dead-lettered
+        # at once with a clear reason; the learn worker goes on
+        refused = cli(settings, "correct", str(e3), "no-such-category")
+        assert refused.returncode == 1 and "no-such-category" in refused.stderr
+        producer.correct(e3, "no-such-category")
         client = redis.Redis.from_url(settings.broker_url)
         try:
             keys = RedisKeys(settings.broker_namespace)

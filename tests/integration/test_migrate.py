@@ -3,22 +3,25 @@ changed or bad migration is a ``MigrationError``; the schema's constraints are n
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import msgspec
 import psycopg
 import psycopg.errors
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pipeline.db import translate_errors
 from pipeline.errors import DatabaseError, MigrationError, PermanentError
 from pipeline.migrate import MIGRATION_LOCK_KEY, available, migrate
 from tests.support import data
+from tests.support.services import run_catfleet
 from workers.harness.databases import admin_url
 from workers.settings import Settings
 
@@ -61,6 +64,43 @@ def test_concurrent_migrations_apply_each_once(empty_db: str) -> None:
         t.join()
     assert errors == []
     assert sorted(results) == [0, 0, 0, len(available())]
+
+
+def test_cli_names_a_missing_database_or_creates_it_when_asked(settings: Settings) -> None:
+    """``catfleet migrate`` on a database the server does not have: one line naming it, exit 2,
+    nothing created; ``--create-database`` creates and migrates it; several at once agree."""
+    name = f"catfleet_mig_{uuid4().hex[:8]}"
+    own = msgspec.structs.replace(settings, database_url=make_conninfo(settings.database_url, dbname=name))
+    host, port = (
+        conninfo_to_dict(settings.database_url)["host"],
+        conninfo_to_dict(settings.database_url)["port"],
+    )
+    try:
+        done = run_catfleet(own, "migrate")
+        assert (done.returncode, done.stdout) == (2, "")
+        assert done.stderr.splitlines() == [
+            f"catfleet migrate: database '{name}' does not exist on {host}:{port}: create it"
+            " (catfleet migrate --create-database) or point CATFLEET_DATABASE_URL at an existing one"
+        ]
+        with psycopg.connect(admin_url(settings.database_url), autocommit=True) as c:
+            assert c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None
+        runs: list[subprocess.CompletedProcess[str]] = []
+        threads = [
+            threading.Thread(target=lambda: runs.append(run_catfleet(own, "migrate", "--create-database")))
+            for _ in range(3)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [r.returncode for r in runs] == [0, 0, 0], [r.stderr for r in runs]
+        assert sum(f"created database {name}" in r.stdout for r in runs) == 1
+        assert sum(f"applied {len(available())} migration(s)" in r.stdout for r in runs) == 1
+        again = run_catfleet(own, "migrate", "--create-database")
+        assert (again.returncode, again.stdout) == (0, "applied 0 migration(s)\n")
+    finally:
+        with psycopg.connect(admin_url(settings.database_url), autocommit=True) as c:
+            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def test_ruleset_version_bumps_on_rule_changes_not_on_counters(settings: Settings) -> None:

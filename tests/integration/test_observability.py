@@ -13,8 +13,9 @@ from typing import Any
 
 import msgspec
 import psycopg
+from psycopg.conninfo import make_conninfo
 
-from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE, LEARN_QUEUE
+from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE, LEARN_ACTOR, LEARN_QUEUE
 from tests.support import data
 from tests.support.data import count_rows
 from tests.support.scrape import Scrape, answers, get_json, scrape
@@ -29,6 +30,38 @@ from workers.settings import Settings
 
 ACTOR = {"queue_name": CATEGORIZE_QUEUE, "actor_name": CATEGORIZE_ACTOR}
 WRITTEN_OUTCOMES = ("categorized", "suggested", "uncategorized")
+
+#: Series a dashboard or an alert reads that exist before their first event, at 0: one per
+#: bounded label combination (a sample of them: the unit test checks every one).
+ZERO_SERIES: list[tuple[str, dict[str, str]]] = [
+    *[
+        (name, {"queue_name": queue, "actor_name": actor})
+        for queue, actor in ((CATEGORIZE_QUEUE, CATEGORIZE_ACTOR), (LEARN_QUEUE, LEARN_ACTOR))
+        for name in (
+            "dramatiq_messages_total",
+            "dramatiq_message_errors_total",
+            "dramatiq_message_rejects_total",
+        )
+    ],
+    (
+        "dramatiq_message_retries_total",
+        {"queue_name": f"{CATEGORIZE_QUEUE}.DQ", "actor_name": CATEGORIZE_ACTOR},
+    ),
+    ("dramatiq_message_retries_total", {"queue_name": f"{LEARN_QUEUE}.DQ", "actor_name": LEARN_ACTOR}),
+    *[("catfleet_patterns_skipped_total", {"kind": k}) for k in ("regex", "amount_range", "time")],
+    *[("catfleet_cache_breaker_transitions_total", {"state": s}) for s in ("open", "half_open", "closed")],
+    ("catfleet_cache_lookups_total", {"tier": "l2", "result": "error"}),
+    ("catfleet_cache_fallback_lookups_total", {}),
+    ("catfleet_write_conflicts_total", {"reason": "user_owned"}),
+    ("catfleet_expenses_total", {"outcome": "missing"}),
+    ("catfleet_batch_size_count", {"actor_name": CATEGORIZE_ACTOR}),
+]
+
+
+def not_zero(s: Scrape) -> list[tuple[str, dict[str, str], float | None]]:
+    """The ``ZERO_SERIES`` a fresh host does not export as 0 (missing: None)."""
+    found = [(name, labels, s.value(name, **labels)) for name, labels in ZERO_SERIES]
+    return [f for f in found if f[2] != 0]
 
 
 def depth(s: Scrape) -> float | None:
@@ -154,6 +187,7 @@ def test_queue_depth_follows_a_real_backlog_and_status_reports_it(
     try:
         wait_for(lambda: answers(port), what="exporter")
         assert depth(scrape(port)) == 0
+        assert not_zero(scrape(port)) == []  # every counter series there, at 0, before any event
         ids = data.add_expenses(conn, ["STARBUCKS"] * 60)
         report = Producer(app.broker, batch_size=2).enqueue(ids)
         bad = Producer.batch_message([1]).copy(args=({"expense_ids": "1"},))
@@ -168,7 +202,7 @@ def test_queue_depth_follows_a_real_backlog_and_status_reports_it(
             ),
             what="oldest age grows",
         )
-        assert scrape(port).value("catfleet_worker_processes") is None  # no workers on this host
+        assert scrape(port).value("catfleet_worker_processes") == 0  # no workers on this host
         for _ in range(3):  # what `catfleet dlq replay` counts per replayed letter
             app.backend.dead_letters(MemoryAuditLog()).count("replay", CATEGORIZE_QUEUE)
         assert scrape(port).value("catfleet_dead_letter_replays_total", queue=CATEGORIZE_QUEUE) == 3
@@ -240,8 +274,19 @@ def test_readiness_follows_postgresql(settings: Settings, tmp_path: Path) -> Non
             )
             pg.stop()
             code, body = wait_for(lambda: (r := get_json(port, "/readyz"))[0] == 503 and r, what="unready")
-            assert body["status"] == "unready" and body["database"]["ok"] is False
+            assert body["status"] == "unready" and body["failing"] == ["database"]
+            # unauthenticated: the failing dependency and the error class, no host, port or DSN
+            assert body["database"] == {"ok": False, "error": "OperationalError"}
+            assert str(pg.port) not in json.dumps(body) and "127.0.0.1" not in json.dumps(body)
             assert body["broker"] == {"ok": True}
+            # the host's log has the details
+            wait_for(
+                lambda: any(
+                    "database check failed" in line and str(pg.port) in line
+                    for line in worker.log().splitlines()
+                ),
+                what="the failed check logged",
+            )
             assert get_json(port, "/healthz")[0] == 200  # alive: do not restart it for this
             pg.start()
             code, body = wait_for(
@@ -250,6 +295,36 @@ def test_readiness_follows_postgresql(settings: Settings, tmp_path: Path) -> Non
             assert body["status"] == "ready"
         finally:
             worker.stop()
+
+
+def test_a_fresh_worker_exports_every_counter_series_at_zero_and_logs_what_it_uses(
+    settings: Settings, cats: dict[str, int], tmp_path: Path
+) -> None:
+    """Before its first message: 0 (not "No data") for errors, retries, dead letters, breaker
+    transitions, skipped patterns, ...; and one start line naming broker, namespace, database
+    and cache, the database's password redacted."""
+    own = msgspec.structs.replace(
+        settings, database_url=make_conninfo(settings.database_url, password="hunter2-pw")
+    )
+    worker = WorkerProcess(own, tmp_path / "worker.log")
+    try:
+        worker.wait_ready()
+        port = own.metrics_port
+        wait_for(lambda: answers(port), what="metrics server")
+        assert not_zero(scrape(port)) == []
+        [start] = log_events(worker, "worker_start")
+    finally:
+        worker.stop()
+    assert (start["logger"], start["level"]) == ("catfleet.worker", "INFO")
+    assert (start["broker"], start["namespace"], start["cache"], start["cache_prefix"]) == (
+        own.broker_url,
+        own.broker_namespace,
+        own.cache_url,
+        own.cache_prefix,
+    )
+    assert start["database"] == make_conninfo(settings.database_url, password="***")
+    assert own.broker_url in start["msg"] and own.broker_namespace in start["msg"]
+    assert "hunter2-pw" not in worker.log()
 
 
 def test_importing_the_workers_does_not_import_prometheus_client() -> None:

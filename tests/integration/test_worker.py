@@ -182,7 +182,13 @@ def test_cli_enqueue_drives_a_worker(
     wait_for(lambda: count_rows(conn) == 3, what="rows from CLI enqueue")
     more = data.add_expenses(conn, ["UBER *TRIP HELP.UBER.COM"])
     out = enqueue_cli(settings, "--all-uncategorized", "--json")
-    assert json.loads(out.stdout) == {"messages": 1, "ids": 1}
+    sent = json.loads(out.stdout)
+    assert (sent["messages"], sent["ids"], sent["correlation_id"], len(sent["message_ids"])) == (
+        1,
+        1,
+        None,
+        1,
+    )
     wait_for(lambda: count_rows(conn) == 4, what="row for the uncategorized one")
     assert conn.execute("SELECT category_id FROM categorizations WHERE expense_id = %s", more).fetchone() == (
         cats["rideshare"],
@@ -204,7 +210,8 @@ def test_cli_enqueue_one_users_uncategorized_then_a_file(
     conn.execute("UPDATE expenses SET deleted_at = now() WHERE id = %s", (others[1],))
     out = enqueue_cli(settings, "--all-uncategorized", "--user", "7", "--correlation-id", "user-7", "--json")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"messages": 1, "ids": 2}  # user 7's uncategorized ones only
+    sent = json.loads(out.stdout)
+    assert (sent["messages"], sent["ids"], sent["correlation_id"]) == (1, 2, "user-7")  # user 7's only
     wait_for(lambda: count_rows(conn) == 3, what="user 7's rows")
     wait_for(lambda: queue_state(settings) == EMPTY, what="the message acked")
     assert category_and_correlation(conn, [done, *mine, *others]) == {
@@ -224,6 +231,56 @@ def test_cli_enqueue_one_users_uncategorized_then_a_file(
     )
     wait_for(lambda: queue_state(settings) == EMPTY, what="both messages acked")
     assert count_rows(conn) == 4  # the two categorized already were rewritten in place, not added
+
+
+def test_a_run_is_traced_from_its_rows_even_when_the_result_is_unchanged(
+    worker: WorkerProcess, conn: psycopg.Connection[Any], cats: dict[str, int], settings: Settings
+) -> None:
+    """``enqueue --json`` gives the message ids; every row of the run then carries the run's
+    correlation id and one of its message ids, also a row whose category did not change (its
+    categorized_at still dates the result, and the batch counts it unchanged)."""
+    ids = data.add_expenses(conn, ["SQ *STARBUCKS", "WALMART", "SHELL FUEL", "ZQX NOTHING"])
+
+    def run(correlation_id: str) -> dict[str, Any]:
+        out = enqueue_cli(
+            settings, "--batch-size", "2", "--correlation-id", correlation_id, "--json", *map(str, ids)
+        )
+        assert out.returncode == 0, out.stderr
+        sent: dict[str, Any] = json.loads(out.stdout)
+        assert (sent["messages"], sent["ids"], sent["correlation_id"]) == (2, 4, correlation_id)
+        assert len(set(sent["message_ids"])) == 2
+        return sent
+
+    def rows() -> dict[int, tuple[Any, ...]]:
+        got = conn.execute(
+            "SELECT expense_id, category_id, correlation_id, message_id, categorized_at FROM categorizations"
+        ).fetchall()
+        return {r[0]: r[1:] for r in got}
+
+    def batches(correlation_id: str) -> list[dict[str, Any]]:
+        return [b for b in log_events(worker, "batch") if b["correlation_id"] == correlation_id]
+
+    first = run("run-1")
+    wait_for(lambda: len(batches("run-1")) == 2 and len(rows()) == 4, what="the first run written")
+    before = rows()
+    assert {r[1] for r in before.values()} == {"run-1"} and {r[2] for r in before.values()} == set(
+        first["message_ids"]
+    )
+    second = run("run-2")
+    lines = wait_for(lambda: len(b := batches("run-2")) == 2 and b, what="the second run's batches")
+    after = rows()
+    assert {r[1] for r in after.values()} == {"run-2"}  # the run is found from its rows
+    assert {r[2] for r in after.values()} == set(second["message_ids"])
+    assert {i: (r[0], r[3]) for i, r in after.items()} == {i: (r[0], r[3]) for i, r in before.items()}
+    assert sum(b["written"] for b in lines) == 0 and sum(b["unchanged"] for b in lines) == 4
+    # the same correlation id again (a replayed message, or another of the same request): nothing changes
+    app = build_app(settings)
+    try:
+        Producer(app.broker, batch_size=10).enqueue(ids, correlation_id="run-2")
+    finally:
+        app.close()
+    wait_for(lambda: len(batches("run-2")) == 3, what="the third batch of run-2")
+    assert rows() == after
 
 
 def test_cli_enqueue_rejects_bad_ids(settings: Settings) -> None:

@@ -82,3 +82,52 @@ def test_an_open_breaker_degrades_and_a_dead_database_makes_unready(monkeypatch:
     monkeypatch.setattr(health, "check_database", lambda settings: Check(ok=False, error="down"))
     r = health.readiness(Settings(), backend, [family])
     assert (r.status, r.ready) == ("unready", False)
+
+
+def test_every_known_counter_series_exists_at_zero_before_any_event() -> None:
+    """What the metrics server does at start: every bounded label combination of every labelled
+    counter is a series from the first scrape (0, not "No data"); nothing for unknown values."""
+    metrics.zero_series()
+    metrics.zero_series()  # idempotent
+    expected = [
+        *[("catfleet_expenses_total", {"outcome": o}) for o in metrics.OUTCOMES],
+        *[("catfleet_write_conflicts_total", {"reason": r}) for r in metrics.CONFLICT_REASONS],
+        *[
+            ("catfleet_cache_lookups_total", {"tier": t, "result": r})
+            for t in metrics.CACHE_TIERS
+            for r in metrics.CACHE_RESULTS
+        ],
+        *[("catfleet_patterns_skipped_total", {"kind": k}) for k in metrics.PATTERN_KINDS],
+        *[("catfleet_cache_breaker_transitions_total", {"state": s}) for s in metrics.BREAKER_STATES],
+        ("catfleet_batch_size_count", {"actor_name": "categorize_batch"}),
+    ]
+    missing = [(n, labels) for n, labels in expected if metrics.REGISTRY.get_sample_value(n, labels) is None]
+    assert missing == []
+    assert set(metrics.PATTERN_KINDS) == {"keyword", "description", "regex", "amount_range", "time"}
+    assert metrics.REGISTRY.get_sample_value("catfleet_expenses_total", {"outcome": "unknown"}) is None
+    assert metrics.REGISTRY.get_sample_value("catfleet_batch_size_count", {"actor_name": "unknown"}) is None
+
+
+def test_readiness_names_the_failing_dependency_and_error_class_only(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """/readyz is unauthenticated: no host, port or DSN in its body; the process log has them."""
+    import msgspec
+
+    from workers import health
+
+    detail = 'connection to server at "10.1.2.3", port 6543 failed: FATAL: database "secretdb" does not exist'
+    monkeypatch.setattr(health, "check_database", lambda settings: Check.failed(OSError(detail)))
+    backend = MemoryBackend(Settings(broker_url="memory://"))
+    monkeypatch.setattr(
+        backend, "check", lambda: Check.failed(ConnectionError("Error 111 connecting to 10.9.9.9:6380."))
+    )
+    with caplog.at_level("WARNING", logger="workers.health"):
+        r = health.readiness(Settings(), backend, [])
+    body = msgspec.json.encode(r).decode()
+    assert (r.status, r.failing) == ("unready", ["broker", "database"])
+    assert r.database == Check(ok=False, error="OSError")
+    assert r.broker == Check(ok=False, error="ConnectionError")
+    for secret in ("10.1.2.3", "6543", "secretdb", "10.9.9.9", "6380"):
+        assert secret not in body
+    assert "6543" in caplog.text and "10.9.9.9:6380" in caplog.text

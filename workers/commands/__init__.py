@@ -18,6 +18,7 @@ from pipeline.errors import CatfleetError, SettingsError
 from workers.backends import backend_class
 from workers.commands import (
     bench,
+    categories,
     correct,
     demo,
     dlq,
@@ -49,6 +50,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     correct,
     patterns,
     queue,
+    categories,
 )
 
 DESCRIPTION = "The ``catfleet`` command line. Reads the settings from the environment once, here."

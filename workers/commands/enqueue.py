@@ -71,7 +71,17 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         app.close()
     if args.json:
-        print(json.dumps({"messages": report.messages, "ids": report.ids}))
+        # each message's id; a row's correlation_id is the one given, else its message's id
+        print(
+            json.dumps(
+                {
+                    "messages": report.messages,
+                    "ids": report.ids,
+                    "message_ids": report.message_ids,
+                    "correlation_id": args.correlation_id or None,
+                }
+            )
+        )
     else:
         print(f"enqueued {report.ids} expense id(s) in {report.messages} message(s)")
     return 0

@@ -13,12 +13,27 @@ CONNECT_TIMEOUT_S = 5
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict
 
     from pipeline.db import translate_errors
-    from pipeline.migrate import migrate
+    from pipeline.errors import DatabaseUnavailable
+    from pipeline.migrate import create_database, database_missing, migrate
 
-    with translate_errors():  # a server that does not answer: one line, exit 2 (CatfleetError)
-        conn = psycopg.connect(settings.database_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+    def connect() -> psycopg.Connection[object]:
+        with translate_errors():  # a server that does not answer: one line, exit 2 (CatfleetError)
+            return psycopg.connect(settings.database_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+
+    try:
+        conn = connect()
+    except DatabaseUnavailable:
+        missing = database_missing(settings.database_url, connect_timeout=CONNECT_TIMEOUT_S)
+        if missing is None:
+            raise
+        if not args.create_database:
+            raise missing from None  # one line naming the database, exit 2
+        if create_database(settings.database_url, connect_timeout=CONNECT_TIMEOUT_S):
+            print(f"created database {conninfo_to_dict(settings.database_url).get('dbname')}")
+        conn = connect()
     with conn:
         applied = migrate(conn)
     print(f"applied {len(applied)} migration(s)" + "".join(f"\n  {m.version:04d}_{m.name}" for m in applied))
@@ -27,4 +42,10 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("migrate", help="apply pending database migrations (safe to run concurrently)")
+    p.add_argument(
+        "--create-database",
+        action="store_true",
+        help="create the database CATFLEET_DATABASE_URL names if the server does not have it"
+        " (needs CREATEDB; without this flag a missing database is an error, exit 2)",
+    )
     p.set_defaults(func=cmd_migrate)
