@@ -86,8 +86,24 @@ class Settings(PipelineSettings, frozen=True, kw_only=True, forbid_unknown_field
     relay_retention_seconds: Annotated[int, msgspec.Meta(ge=0)] = 86_400
     relay_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
 
+    #: ``catfleet console``: address and port (a non-loopback address needs ``console_users``).
+    console_host: str = "127.0.0.1"
+    console_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 9400
+    #: Who may sign in: ``name:password:role`` entries, comma separated; role ``admin`` (may act)
+    #: or ``viewer`` (may look). Empty: on loopback, a one-time admin link is printed at start.
+    console_users: str = ""
+    #: Key that signs the console's session cookies (empty: a random one per start, so sessions
+    #: end when the console restarts; set it when several console replicas share a load balancer).
+    console_secret: str = ""
+    #: How often the live pages are refreshed over server-sent events (ms), one shared read for
+    #: every open console.
+    console_refresh_ms: Annotated[int, msgspec.Meta(ge=250, le=60_000)] = 1_000
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        from workers.console.users import parse_users  # only msgspec: no cycle, nothing heavy
+
+        parse_users(self.console_users)
         if self.min_backoff_ms > self.max_backoff_ms:
             raise ValueError("min_backoff_ms must not exceed max_backoff_ms")
         if self.worst_case_to_dead_letter_ms > self.retry_horizon_ms:
@@ -99,6 +115,15 @@ class Settings(PipelineSettings, frozen=True, kw_only=True, forbid_unknown_field
             raise ValueError("broker_url must not be empty")
         if not supports(self.broker_url):
             raise ValueError("broker_url must start with " + ", ".join(SCHEMES))
+
+    def redacted(self) -> dict[str, object]:
+        """Also without the console's passwords and session key."""
+        from workers.console.users import redact_users
+
+        out = super().redacted()
+        out["console_users"] = redact_users(self.console_users)
+        out["console_secret"] = "***" if self.console_secret else ""
+        return out
 
     @property
     def pool_size(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import psycopg
@@ -14,6 +14,10 @@ from pipeline.queries import RULESET_VERSION
 from pipeline.settings import redact
 from workers.health import CHECK_TIMEOUT_S
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from pipeline.db import Database
+    from workers.backends.base import Backend
 
 
 class Status(msgspec.Struct, kw_only=True):
@@ -56,10 +60,19 @@ def _readiness(url: str) -> dict[str, Any] | None:
         return None
 
 
-def collect_status(settings: Settings, readiness_url: str) -> Status:
+def collect_status(
+    settings: Settings,
+    readiness_url: str | None,
+    *,
+    backend: Backend | None = None,
+    database: Database | None = None,
+) -> Status:
+    """``readiness_url``: a worker host's ``/readyz`` to ask (None: none, as in the console);
+    ``backend``/``database``: long-lived ones to use (the console's), else opened and closed here."""
     from workers.backends import backend_for
 
-    backend = backend_for(settings)
+    own = backend is None
+    backend = backend or backend_for(settings)
     queues: list[dict[str, Any]] = []
     strays: list[dict[str, Any]] | None = []
     seen = broker_error = fleet_error = None
@@ -79,12 +92,16 @@ def collect_status(settings: Settings, readiness_url: str) -> Status:
     except Exception as exc:
         fleet_error = _error(exc)
     finally:
-        backend.close()
+        if own:
+            backend.close()
     version = database_error = None
     try:
-        with psycopg.connect(settings.database_url, connect_timeout=CHECK_TIMEOUT_S, autocommit=True) as conn:
-            row = conn.execute(RULESET_VERSION).fetchone()
-            version = int(row[0]) if row else None
+        if database is not None:
+            row = database.run(lambda conn: conn.execute(RULESET_VERSION).fetchone(), read=True)
+        else:
+            with psycopg.connect(settings.database_url, connect_timeout=CHECK_TIMEOUT_S, autocommit=True) as conn:
+                row = conn.execute(RULESET_VERSION).fetchone()
+        version = int(row[0]) if row else None
     except Exception as exc:
         database_error = _error(exc)
     return Status(
@@ -99,6 +116,6 @@ def collect_status(settings: Settings, readiness_url: str) -> Status:
         fleet_error=fleet_error,
         ruleset_version=version,
         database_error=database_error,
-        readiness=_readiness(readiness_url),
-        readiness_url=readiness_url,
+        readiness=_readiness(readiness_url) if readiness_url else None,
+        readiness_url=readiness_url or "",
     )

@@ -35,6 +35,9 @@ README_METRICS = set(
 )
 #: The keys of the Secret `catfleet-secrets` the overlays provide (base/kustomization.yaml).
 SECRET_KEYS = {"CATFLEET_DATABASE_URL", "CATFLEET_CACHE_URL", "BROKER_REDIS_PASSWORD"}
+#: Only the console's pod gets the console's users and session key.
+CONSOLE_SECRET = "catfleet-console-secrets"
+console_secret = {"CATFLEET_CONSOLE_USERS": "ann:pw:admin,vic:pw2:viewer", "CATFLEET_CONSOLE_SECRET": "k"}
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: Where the units expect the installed package (`ExecStart=`).
 UNIT_CATFLEET = "/opt/catfleet/.venv/bin/catfleet"
@@ -115,8 +118,10 @@ def test_every_pod_gets_valid_env_names_and_one_broker_url(directory: Path) -> N
         spec = pod["spec"]
         for container in spec.get("initContainers", []) + spec["containers"]:
             refs = [(next(iter(r)), next(iter(r.values()))["name"]) for r in container["envFrom"]]
-            assert refs == [("configMapRef", "catfleet-config"), ("secretRef", "catfleet-secrets")], name
-            environ = dict(env)
+            console = name == "Deployment/catfleet-console" and container in spec["containers"]
+            own = [("secretRef", CONSOLE_SECRET)] if console else []
+            assert refs == [("configMapRef", "catfleet-config"), ("secretRef", "catfleet-secrets"), *own], name
+            environ = dict(env) | (console_secret if own else {})
             for var in container.get("env", []):
                 assert ENV_NAME.match(var["name"])
                 # every $(VAR) is defined by the ConfigMap or the Secret (or stays literal)
@@ -212,7 +217,7 @@ def test_manifests_agree_on_names_ports_probes_and_grace() -> None:
     commands |= {
         " ".join(["catfleet", *c["args"]]) for p in pods.values() for c in p["spec"]["initContainers"]
     }
-    assert commands == {procfile()[t] for t in ("worker", "migrate", "relay")}
+    assert commands == {procfile()[t] for t in ("worker", "migrate", "relay", "console")}
     # one headless metrics Service per Deployment, on its container port
     for name, app in (
         ("catfleet-worker-metrics", "catfleet-worker"),
@@ -246,6 +251,7 @@ def test_network_policies_open_metrics_to_prometheus_only_and_egress_to_the_serv
     needs = {
         "Deployment/catfleet-worker": {53, broker_port, 5432, 6379},
         "Deployment/catfleet-relay": {53, broker_port, 5432},
+        "Deployment/catfleet-console": {53, broker_port, 5432},
     }
     for name, pod in pod_specs(objs).items():
         labels = pod["metadata"]["labels"]
@@ -253,11 +259,15 @@ def test_network_policies_open_metrics_to_prometheus_only_and_egress_to_the_serv
         assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"], name  # both default-deny
         [main] = pod["spec"]["containers"]
         port_names = {p["name"] for p in main["ports"]}
+        # the console's page port only from the ingress controller's namespace; metrics only from
+        # Prometheus pods
+        served = "http" if name == "Deployment/catfleet-console" else "metrics"
         for rule in policy["ingress"]:
-            assert [p["port"] for p in rule["ports"]] == ["metrics"], name
-            assert "metrics" in port_names
-            for peer in rule["from"]:  # a namespace AND a pod selector: not the whole cluster
-                assert peer["namespaceSelector"]["matchLabels"] and peer["podSelector"]["matchLabels"], name
+            assert [p["port"] for p in rule["ports"]] == [served], name
+            assert served in port_names
+            for peer in rule["from"]:  # never the whole cluster
+                assert peer["namespaceSelector"]["matchLabels"], name
+                assert served == "http" or peer["podSelector"]["matchLabels"], name
                 assert "ipBlock" not in peer
         egress_ports = {p["port"] for rule in policy["egress"] for p in rule["ports"]}
         for rule in policy["egress"]:
@@ -299,7 +309,7 @@ def test_systemd_units_match_the_procfile_and_start_after_the_migrations() -> No
         assert _command(exec_start) == command, name
     migrate = units["catfleet-migrate.service"]["Service"]
     assert (migrate["Type"], migrate["RemainAfterExit"]) == (["oneshot"], ["true"])
-    for name in ("catfleet-worker.service", "catfleet-relay.service"):
+    for name in ("catfleet-worker.service", "catfleet-relay.service", "catfleet-console.service"):
         section = units[name]["Unit"]
         for key in ("Requires", "After"):  # not started unless the migrations succeeded
             assert "catfleet-migrate.service" in " ".join(section.get(key, [])).split(), (name, key)

@@ -19,6 +19,7 @@ from workers.backends import backend_class
 from workers.commands import (
     bench,
     categories,
+    console,
     correct,
     demo,
     dlq,
@@ -48,9 +49,10 @@ COMMANDS: tuple[ModuleType, ...] = (
     relay,
     schema,
     correct,
+    categories,
     patterns,
     queue,
-    categories,
+    console,
 )
 
 DESCRIPTION = "The ``catfleet`` command line. Reads the settings from the environment once, here."
