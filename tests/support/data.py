@@ -94,3 +94,19 @@ def rows(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
         "SELECT expense_id, category_id, pattern_id, confidence, band, method, explanation, ruleset_version,"
         " message_id, source, categorized_at FROM categorizations ORDER BY expense_id"
     ).fetchall()
+
+
+#: A trigger that fails the write of any expense listed in ``poison`` with a transient error
+#: (``serialization_failure``: retried, then dead-lettered); delete the row to cure it.
+POISON = """
+CREATE TABLE poison (expense_id bigint PRIMARY KEY);
+CREATE FUNCTION poison_check() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM poison WHERE expense_id = NEW.expense_id) THEN
+    RAISE EXCEPTION 'poisoned expense %', NEW.expense_id USING ERRCODE = 'serialization_failure';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER poison_check BEFORE INSERT OR UPDATE ON categorizations
+  FOR EACH ROW EXECUTE FUNCTION poison_check();
+"""
