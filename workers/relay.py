@@ -35,6 +35,10 @@ MAX_BACKOFF_S = 5.0
 REQUESTS_SENT = Counter("catfleet_relay_requests_sent", "Outbox requests enqueued and marked sent")
 MESSAGES_SENT = Counter("catfleet_relay_messages_sent", "Batch messages the relay enqueued")
 ERRORS = Counter("catfleet_relay_errors", "Relay failures, by stage", ["stage"])
+#: Every stage exists from the start at 0 (a dashboard shows 0, not "No data").
+STAGES = ("broker", "database")
+for _stage in STAGES:
+    ERRORS.labels(_stage)
 LAG = Gauge("catfleet_relay_lag_seconds", "Age of the oldest pending outbox request")
 PENDING = Gauge("catfleet_relay_pending_requests", "Outbox requests not yet sent")
 DELAY = Histogram(

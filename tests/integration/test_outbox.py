@@ -194,6 +194,9 @@ def test_two_relays_never_send_the_same_request_twice(
         print(f"\ntwo relays: requests sent {sent}, messages {messages}")
         assert all(x > 0 for x in sent) and sum(sent) == n
         assert all(x > 0 for x in messages) and sum(messages) == len(queued_messages(settings))
+        # every error stage is exported at 0 before any error (dashboards show 0, not "No data")
+        for m in metrics:
+            assert [m.value("catfleet_relay_errors_total", stage=s) for s in ("broker", "database")] == [0, 0]
     finally:
         for r in relays:
             r.stop()

@@ -30,7 +30,7 @@ def cmd_relay(settings: Settings, args: argparse.Namespace) -> int:
             print(f"relayed {relay.drain()} request(s)")
             return 0
         if settings.relay_metrics_port:
-            start_http_server(settings.relay_metrics_port)
+            start_http_server(settings.relay_metrics_port, addr=settings.metrics_host)
         stop = threading.Event()
 
         def on_signal(signum: int, frame: Any) -> None:
