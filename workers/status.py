@@ -99,7 +99,9 @@ def collect_status(
         if database is not None:
             row = database.run(lambda conn: conn.execute(RULESET_VERSION).fetchone(), read=True)
         else:
-            with psycopg.connect(settings.database_url, connect_timeout=CHECK_TIMEOUT_S, autocommit=True) as conn:
+            with psycopg.connect(
+                settings.database_url, connect_timeout=CHECK_TIMEOUT_S, autocommit=True
+            ) as conn:
                 row = conn.execute(RULESET_VERSION).fetchone()
         version = int(row[0]) if row else None
     except Exception as exc:

@@ -21,11 +21,9 @@ import pytest
 
 from tests.support import data
 from tests.support.rabbit import rabbit_vhost
-from tests.support.services import WorkerProcess, flush_namespace, run_catfleet, wait_for
-from workers.app import build_app
+from tests.support.services import WorkerProcess, enqueue, flush_namespace, row_count, run_catfleet, wait_for
 from workers.backends import backend_for
 from workers.harness.processes import own_records
-from workers.producer import Producer
 from workers.settings import Settings
 
 HEARTBEAT_MS = 3_000
@@ -50,19 +48,6 @@ def status(s: Settings) -> dict[str, Any]:
     done = run_catfleet(s, "status", "--json")
     assert done.returncode == 0, done.stderr
     return dict(json.loads(done.stdout))
-
-
-def rows(s: Settings) -> int:
-    with psycopg.connect(s.database_url, autocommit=True) as c:
-        return data.count_rows(c)
-
-
-def enqueue(s: Settings, ids: list[int]) -> None:
-    app = build_app(s)
-    try:
-        Producer(app.broker, batch_size=s.batch_size).enqueue(ids)
-    finally:
-        app.close()
 
 
 def test_records_say_what_each_process_runs_and_go_when_it_does(
@@ -96,7 +81,7 @@ def test_records_say_what_each_process_runs_and_go_when_it_does(
         finally:
             hold.rollback()
             hold.close()
-        wait_for(lambda: rows(s) == 3, timeout=20, what="the batch written")
+        wait_for(lambda: row_count(s) == 3, timeout=20, what="the batch written")
         wait_for(
             lambda: sum(r.processed for r in own_records(state, worker.proc)) >= 1, timeout=10, what="counted"
         )
@@ -148,7 +133,7 @@ def test_a_paused_queue_is_not_consumed_by_any_process_until_resumed(
         worker.wait_ready()
         enqueue(s2, first)  # 8 messages
         time.sleep(2.0)  # several beats and polls: nothing may run
-        assert rows(s) == 0
+        assert row_count(s) == 0
         shown = status(s)
         assert shown["paused"]["categorize"]["operator"] == "ops@test"
         assert next(q for q in shown["queues"] if q["queue"] == "categorize")["ready"] == 8
@@ -156,7 +141,7 @@ def test_a_paused_queue_is_not_consumed_by_any_process_until_resumed(
 
         resumed = run_catfleet(s, "queue", "resume", "categorize")
         assert resumed.returncode == 0 and "resumed categorize" in resumed.stdout
-        wait_for(lambda: rows(s) == 40, timeout=30, what="the paused work done after resume")
+        wait_for(lambda: row_count(s) == 40, timeout=30, what="the paused work done after resume")
 
         # pause while messages keep arriving; a worker restarted meanwhile still holds off
         assert run_catfleet(s, "queue", "pause", "categorize").returncode == 0
@@ -166,9 +151,9 @@ def test_a_paused_queue_is_not_consumed_by_any_process_until_resumed(
         worker.wait_ready()
         enqueue(s2, later)
         time.sleep(2.0)
-        assert rows(s) == 40
+        assert row_count(s) == 40
         assert run_catfleet(s, "queue", "resume", "categorize").returncode == 0
-        wait_for(lambda: rows(s) == 80, timeout=30, what="the rest after the second resume")
+        wait_for(lambda: row_count(s) == 80, timeout=30, what="the rest after the second resume")
     finally:
         worker.stop()
 
@@ -202,7 +187,7 @@ def test_pause_lets_a_process_finish_what_it_holds(fleet_settings: Settings, tmp
             hold.rollback()
             hold.close()
             released.set()
-        wait_for(lambda: rows(s) == 4, timeout=20, what="the held batch finished while paused")
+        wait_for(lambda: row_count(s) == 4, timeout=20, what="the held batch finished while paused")
         stats = {q.queue: q for q in backend.queue_stats()}
         wait_for(
             lambda: (q := backend.queue_stats()[0]).ready == 0 and q.in_flight in (0, None),

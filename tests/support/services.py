@@ -111,6 +111,25 @@ def run_catfleet(settings: Settings, *argv: str, timeout: float = 60) -> subproc
     )
 
 
+def enqueue(settings: Settings, ids: list[int]) -> None:
+    """Enqueue ``ids`` as a producer of this fleet would (batches of ``settings.batch_size``)."""
+    from workers.app import build_app
+    from workers.producer import Producer
+
+    app = build_app(settings)
+    try:
+        Producer(app.broker, batch_size=settings.batch_size).enqueue(ids)
+    finally:
+        app.close()
+
+
+def row_count(settings: Settings) -> int:
+    """Rows in the fleet's categorizations table."""
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM categorizations").fetchone()
+    return int(row[0]) if row else 0
+
+
 class ChildProcess:
     """A ``catfleet`` command as a child process in its own process group (started by
     workers.harness.processes), its output in a log file."""

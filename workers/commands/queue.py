@@ -4,16 +4,12 @@ let it go on again (``workers.fleet.service``); messages keep arriving and wait.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 from typing import Any
 
 import msgspec
 
+from workers.display import format_time
 from workers.settings import Settings
-
-
-def _when(at_ms: int) -> str:
-    return dt.datetime.fromtimestamp(at_ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def cmd_queue(settings: Settings, args: argparse.Namespace) -> int:
@@ -43,14 +39,18 @@ def cmd_queue(settings: Settings, args: argparse.Namespace) -> int:
             if args.json:
                 print(msgspec.json.encode(actions).decode())
             for a in [] if args.json else actions:
-                print(f"{_when(a.at_ms)}  {a.action:<7} {a.queue:<12} by {a.operator}")
+                print(f"{format_time(a.at_ms)} UTC  {a.action:<7} {a.queue:<12} by {a.operator}")
             return 0
         states = service.queue_states(backend)
         if args.json:
             print(msgspec.json.encode(states).decode())
             return 0
         for s in states:
-            state = f"paused since {_when(s.paused.at_ms)} by {s.paused.operator}" if s.paused else "running"
+            state = (
+                f"paused since {format_time(s.paused.at_ms)} UTC by {s.paused.operator}"
+                if s.paused
+                else "running"
+            )
             print(f"{s.queue:<12} {state}")
         return 0
     finally:

@@ -7,27 +7,18 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
+from workers.display import format_age
 from workers.settings import Settings
 
 if TYPE_CHECKING:  # workers.status imports psycopg
     from workers.status import Status
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.1f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
 def _queue_line(q: dict[str, Any], paused: dict[str, Any] | None = None) -> str:
     held = "-" if q["in_flight"] is None else str(q["in_flight"])
     line = (
         f"{q['queue']:<16}{q['ready']:>10}{q['delayed']:>10}{held:>10}"
-        f"{_age(q['oldest_age_s']):>10}{q['dead']:>10}{q['replayed']:>10}{q['purged']:>10}"
+        f"{format_age(q['oldest_age_s']):>10}{q['dead']:>10}{q['replayed']:>10}{q['purged']:>10}"
     )
     if paused:
         line += f"  PAUSED by {paused['operator']}"

@@ -149,6 +149,11 @@ class LiveFeed:
         self._value: Overview | None = None
         self.reads = 0
 
+    def invalidate(self) -> None:
+        """After an action: the next read is fresh (a page shows what it just did)."""
+        with self._lock:
+            self._value = None
+
     def get(self) -> Overview:
         with self._lock:
             now = time.monotonic()

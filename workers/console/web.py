@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import datetime as dt
 import functools
 import html
 import secrets
@@ -40,6 +39,7 @@ from workers.backends.base import FLEET_QUEUES
 from workers.commands.args import duration
 from workers.console.service import Console, LiveFeed
 from workers.console.users import User, check
+from workers.display import format_age, format_time
 from workers.dlq.base import DeadLetterFilter
 from workers.fleet.state import BUCKETS
 
@@ -62,22 +62,6 @@ class HttpError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def _ms(at_ms: int | None) -> str:
-    if not at_ms:
-        return "-"
-    return dt.datetime.fromtimestamp(at_ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.1f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"
 
 
 def sparkline(values: list[int], width: int = 360, height: int = 48) -> str:
@@ -171,7 +155,11 @@ class ConsoleWeb:
             directory=str(resources.files("workers.console").joinpath("templates"))
         )
         self.templates.env.globals.update(
-            ms=_ms, age=_age, sparkline=sparkline, queues=FLEET_QUEUES, kinds=[k.value for k in PatternKind]
+            ms=format_time,
+            age=format_age,
+            sparkline=sparkline,
+            queues=FLEET_QUEUES,
+            kinds=[k.value for k in PatternKind],
         )
 
     # who is asking -----------------------------------------------------------------------------
@@ -227,6 +215,13 @@ class ConsoleWeb:
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
 
+    async def act(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``run`` for an action: the live pages read afresh afterwards."""
+        try:
+            return await self.run(fn, *args, **kwargs)
+        finally:
+            self.feed.invalidate()
+
     # sign in -----------------------------------------------------------------------------------
 
     async def login(self, request: Request) -> Response:
@@ -279,7 +274,7 @@ class ConsoleWeb:
         async def stream() -> AsyncIterator[dict[str, str]]:
             while True:
                 o = await self.run(self.feed.get)
-                body = template.render(o=o, user=user, csrf=self.csrf_token(request), ms=_ms, age=_age,
+                body = template.render(o=o, user=user, csrf=self.csrf_token(request), ms=format_time, age=format_age,
                                        sparkline=sparkline, queues=FLEET_QUEUES)  # fmt: skip
                 yield {"event": which, "data": body}
                 await anyio.sleep(self.feed.refresh_s)
@@ -322,7 +317,7 @@ class ConsoleWeb:
         if rate is not None and rate <= 0:
             raise HttpError(400, "rate must be > 0")
         confirm = form.get("confirm") == "yes"
-        report = await self.run(
+        report = await self.act(
             self.console.act, action, flt, dry_run=not confirm, operator=self.operator(request), rate=rate
         )
         fields = [(k, str(v)) for k, v in form.multi_items() if k not in ("csrf", "confirm")]
@@ -334,7 +329,7 @@ class ConsoleWeb:
     async def queue_action(self, request: Request) -> Response:
         queue, verb = request.path_params["queue"], request.path_params["verb"]
         fn = self.console.pause if verb == "pause" else self.console.resume
-        await self.run(fn, queue, self.operator(request))
+        await self.act(fn, queue, self.operator(request))
         return RedirectResponse("/", status_code=303)
 
     @guarded()
@@ -347,7 +342,7 @@ class ConsoleWeb:
 
     @guarded(act=True)
     async def pattern_action(self, request: Request) -> Response:
-        await self.run(
+        await self.act(
             self.console.set_pattern,
             int(request.path_params["pattern_id"]),
             request.path_params["verb"] == "enable",
@@ -401,14 +396,14 @@ class ConsoleWeb:
             raise HttpError(400, f"bad request body: {exc}") from None
         if flt.is_empty:
             raise HttpError(400, "give ids or a filter (an empty filter would act on everything)")
-        report = await self.run(self.console.act, request.path_params["verb"], flt, dry_run=bool(options.get("dry_run")),
+        report = await self.act(self.console.act, request.path_params["verb"], flt, dry_run=bool(options.get("dry_run")),
                            operator=self.operator(request), limit=options.get("limit"), rate=options.get("rate"))  # fmt: skip
         return self.api(report)
 
     @guarded(act=True, api=True)
     async def api_queue_action(self, request: Request) -> Response:
         queue, verb = request.path_params["queue"], request.path_params["verb"]
-        changed = await self.run(
+        changed = await self.act(
             self.console.pause if verb == "pause" else self.console.resume, queue, self.operator(request)
         )
         return self.api({"queue": queue, "action": verb, "changed": changed})
@@ -420,7 +415,7 @@ class ConsoleWeb:
     @guarded(act=True, api=True)
     async def api_pattern_action(self, request: Request) -> Response:
         pid, verb = int(request.path_params["pattern_id"]), request.path_params["verb"]
-        await self.run(self.console.set_pattern, pid, verb == "enable")
+        await self.act(self.console.set_pattern, pid, verb == "enable")
         return self.api({"id": pid, "active": verb == "enable"})
 
     @guarded(api=True)
