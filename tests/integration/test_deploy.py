@@ -120,7 +120,9 @@ def test_every_pod_gets_valid_env_names_and_one_broker_url(directory: Path) -> N
             refs = [(next(iter(r)), next(iter(r.values()))["name"]) for r in container["envFrom"]]
             console = name == "Deployment/catfleet-console" and container in spec["containers"]
             own = [("secretRef", CONSOLE_SECRET)] if console else []
-            assert refs == [("configMapRef", "catfleet-config"), ("secretRef", "catfleet-secrets"), *own], name
+            assert refs == [("configMapRef", "catfleet-config"), ("secretRef", "catfleet-secrets"), *own], (
+                name
+            )
             environ = dict(env) | (console_secret if own else {})
             for var in container.get("env", []):
                 assert ENV_NAME.match(var["name"])
