@@ -166,13 +166,14 @@ SELECT unnest(%(expense_ids)s::bigint[]), %(correlation_id)s
 
 #: Failure log (RabbitMQ broker): one row per failed attempt of a message.
 INSERT_FAILURE: LiteralString = """
-INSERT INTO message_failures (message_id, queue_name, actor_name, retries, error_type, error, dead, at_ms)
+INSERT INTO message_failures
+    (message_id, queue_name, actor_name, retries, error_type, error, dead, at_ms, attempt)
 VALUES (%(message_id)s, %(queue_name)s, %(actor_name)s, %(retries)s, %(error_type)s, %(error)s,
-        %(dead)s, %(at_ms)s)
+        %(dead)s, %(at_ms)s, %(attempt)s)
 """
 
 FAILURE_HISTORY: LiteralString = """
-SELECT message_id, queue_name, actor_name, retries, error_type, error, dead, at_ms
+SELECT message_id, queue_name, actor_name, retries, error_type, error, dead, at_ms, attempt
 FROM message_failures WHERE message_id = ANY(%(ids)s::text[]) ORDER BY message_id, id
 """
 
@@ -187,8 +188,10 @@ CLEAR_DELIVERIES: LiteralString = "DELETE FROM message_deliveries WHERE message_
 
 #: Audit of dead-letter replays and purges.
 INSERT_DEAD_LETTER_ACTION: LiteralString = """
-INSERT INTO dead_letter_actions (operator, broker, action, filter, dry_run, count, message_ids)
-VALUES (%(operator)s, %(broker)s, %(action)s, %(filter)s, %(dry_run)s, %(count)s, %(message_ids)s)
+INSERT INTO dead_letter_actions
+    (operator, broker, action, filter, dry_run, count, message_ids, limit_n, rate)
+VALUES (%(operator)s, %(broker)s, %(action)s, %(filter)s, %(dry_run)s, %(count)s, %(message_ids)s,
+        %(limit)s, %(rate)s)
 RETURNING id
 """
 #: Grows an audit entry by the messages moved since its last update.
@@ -196,6 +199,91 @@ ADD_TO_DEAD_LETTER_ACTION: LiteralString = """
 UPDATE dead_letter_actions
 SET count = count + cardinality(%(ids)s::text[]), message_ids = message_ids || %(ids)s::text[]
 WHERE id = %(entry)s
+"""
+
+_DEAD_LETTER_ACTION_COLUMNS: LiteralString = """
+SELECT id, (extract(epoch FROM at) * 1000)::bigint, operator, broker, action, filter, dry_run,
+       count, message_ids, limit_n, rate
+FROM dead_letter_actions
+"""
+#: The audit trail, newest first.
+LIST_DEAD_LETTER_ACTIONS: LiteralString = (
+    _DEAD_LETTER_ACTION_COLUMNS + "ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s"
+)
+#: The audit entries that moved these messages (GIN on message_ids), oldest first.
+DEAD_LETTER_ACTIONS_OF: LiteralString = (
+    _DEAD_LETTER_ACTION_COLUMNS + "WHERE message_ids && %(ids)s::text[] ORDER BY id"
+)
+
+# --- Dead-letter index (Redis broker; workers/backends/redis/deadletters.py). The XQ sorted sets
+# are the truth: a row whose rid is no longer in its XQ under the same time of death is stale.
+# Queries with optional filters run unprepared (``prepare=False``): each is planned with its
+# values, so an absent filter (NULL) folds away and the matching index is used. ---
+
+_DEAD_LETTER_INDEX_WHERE: LiteralString = """
+WHERE space = %(space)s
+  AND (%(queue)s::text IS NULL OR queue_name = %(queue)s)
+  AND (%(actor)s::text IS NULL OR actor_name = %(actor)s)
+  AND (%(error_type)s::text IS NULL OR error_type = %(error_type)s)
+  AND (%(error)s::text IS NULL OR strpos(lower(error_type || ': ' || error), lower(%(error)s)) > 0)
+  AND (%(correlation_id)s::text IS NULL OR correlation_id = %(correlation_id)s)
+  AND (%(expense_id)s::bigint IS NULL OR expense_ids @> ARRAY[%(expense_id)s::bigint])
+  AND (%(ids)s::text[] IS NULL OR message_id = ANY(%(ids)s::text[]))
+  AND (%(died_after)s::bigint IS NULL OR died_at_ms >= %(died_after)s)
+  AND (%(died_before)s::bigint IS NULL OR died_at_ms <= %(died_before)s)
+"""
+#: One page of the matching letters, newest first (``limit`` NULL: all of them).
+PAGE_DEAD_LETTER_INDEX: LiteralString = (
+    "SELECT queue_name, rid, died_at_ms FROM dead_letter_index"
+    + _DEAD_LETTER_INDEX_WHERE
+    + "ORDER BY died_at_ms DESC, rid DESC LIMIT %(limit)s OFFSET %(offset)s"
+)
+COUNT_DEAD_LETTER_INDEX: LiteralString = "SELECT count(*) FROM dead_letter_index" + _DEAD_LETTER_INDEX_WHERE
+#: Counts per actor and per final error type (the console's filter choices).
+DEAD_LETTER_INDEX_FACETS: LiteralString = """
+SELECT 'actor', actor_name, count(*) FROM dead_letter_index WHERE space = %(space)s GROUP BY actor_name
+UNION ALL
+SELECT 'error_type', error_type, count(*) FROM dead_letter_index WHERE space = %(space)s
+GROUP BY error_type
+"""
+#: Rows already indexed among these rids, with the time of death they were indexed under.
+KNOWN_DEAD_LETTERS: LiteralString = """
+SELECT rid, died_at_ms, error_type FROM dead_letter_index
+WHERE space = %(space)s AND queue_name = %(queue)s AND rid = ANY(%(rids)s::text[])
+"""
+#: Rows from a JSON array of objects (one per letter): inserted, or brought up to date.
+UPSERT_DEAD_LETTER_INDEX: LiteralString = """
+INSERT INTO dead_letter_index AS d (space, queue_name, rid, message_id, actor_name, error_type, error,
+                                    correlation_id, expense_ids, died_at_ms)
+SELECT %(space)s, x.queue_name, x.rid, x.message_id, x.actor_name, x.error_type, x.error,
+       x.correlation_id, coalesce(x.expense_ids, '{}'), x.died_at_ms
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS x(queue_name text, rid text, message_id text,
+     actor_name text, error_type text, error text, correlation_id text, expense_ids bigint[],
+     died_at_ms bigint)
+ON CONFLICT (space, queue_name, rid) DO UPDATE SET
+    message_id = EXCLUDED.message_id, actor_name = EXCLUDED.actor_name,
+    error_type = EXCLUDED.error_type, error = EXCLUDED.error,
+    correlation_id = EXCLUDED.correlation_id, expense_ids = EXCLUDED.expense_ids,
+    died_at_ms = EXCLUDED.died_at_ms
+"""
+#: Rows of letters that left their XQ (replayed, purged, or found stale): ``pairs`` is a JSON
+#: array of [queue, rid].
+DELETE_DEAD_LETTER_INDEX: LiteralString = """
+DELETE FROM dead_letter_index d USING jsonb_array_elements(%(pairs)s::jsonb) AS p(pair)
+WHERE d.space = %(space)s AND d.queue_name = p.pair->>0 AND d.rid = p.pair->>1
+"""
+#: Rows of letters past Dramatiq's dead-message TTL (its maintenance drops them from the XQ).
+EXPIRE_DEAD_LETTER_INDEX: LiteralString = """
+DELETE FROM dead_letter_index WHERE space = %(space)s AND died_at_ms < %(before)s
+"""
+DEAD_LETTER_INDEX_MARKS: LiteralString = """
+SELECT queue_name, indexed_ms FROM dead_letter_index_marks
+WHERE space = %(space)s AND queue_name = ANY(%(queues)s::text[])
+"""
+SET_DEAD_LETTER_INDEX_MARK: LiteralString = """
+INSERT INTO dead_letter_index_marks AS m (space, queue_name, indexed_ms)
+VALUES (%(space)s, %(queue)s, %(indexed_ms)s)
+ON CONFLICT (space, queue_name) DO UPDATE SET indexed_ms = greatest(m.indexed_ms, EXCLUDED.indexed_ms)
 """
 
 # --- Learning from corrections (pipeline/learning.py): one transaction per correction. ---

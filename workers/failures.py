@@ -28,6 +28,9 @@ class FailureRecord(msgspec.Struct, kw_only=True):
     error: str
     dead: bool  # True: this attempt sent the message to the dead-letter queue
     at_ms: int
+    #: Which run of the actor this was: 1 the first, 2 the first retry, ... (0: not known, a
+    #: record from before attempts were counted, or a payload dead-lettered before any run).
+    attempt: int = 0
 
 
 class FailureLog(abc.ABC):
@@ -66,6 +69,20 @@ class LazyDatabase:
                 self._db = None
 
 
+#: Attribute a worker's ``RecordFailures`` middleware sets on a message before it runs: its attempt.
+ATTEMPT_ATTR = "_catfleet_attempt"
+
+
+def attempt_of(message: Any) -> int:
+    """The attempt a message is on: 1 + the retries it had when the worker took it (set before it
+    runs, so Dramatiq's retry decision, which counts a retry only when it retries, cannot shift
+    it); without that mark, from the retry count as it stands."""
+    marked = message.__dict__.get(ATTEMPT_ATTR) if hasattr(message, "__dict__") else None
+    if isinstance(marked, int):
+        return marked
+    return int(message.options.get("retries", 0)) + 1
+
+
 def failure_record(message: Any, error_type: str, error: str) -> FailureRecord:
     """The record of this attempt of ``message``, as it stands after the retry decision."""
     return FailureRecord(
@@ -77,4 +94,5 @@ def failure_record(message: Any, error_type: str, error: str) -> FailureRecord:
         error=error[:MAX_ERROR_CHARS],
         dead=bool(message.failed),
         at_ms=int(time.time() * 1000),
+        attempt=attempt_of(message),
     )

@@ -91,10 +91,10 @@ def test_poison_batch_is_dead_lettered_then_replayed_once(tmp_path: Path) -> Non
             assert categorized(conn) == (20, 20)
             assert isinstance(app.failures, RedisFailureLog)
             history = app.failures.history(poison_mid)
-            assert [(r.retries, r.dead, r.error_type) for r in history] == [
-                (1, False, "DatabaseConflict"),
-                (2, False, "DatabaseConflict"),
-                (3, True, "DatabaseConflict"),
+            assert [(r.attempt, r.retries, r.dead, r.error_type) for r in history] == [
+                (1, 1, False, "DatabaseConflict"),
+                (2, 2, False, "DatabaseConflict"),
+                (3, 3, True, "DatabaseConflict"),
             ]
             conn.execute("DELETE FROM poison")  # the cause is fixed
             out, err = dlq(settings, "replay", "--all", "--json").communicate(timeout=60)
@@ -190,6 +190,7 @@ def test_retry_whose_reenqueue_fails_is_dead_lettered_not_lost(settings: Setting
         assert json.loads(client.hget(keys.dead_messages(queue), rid))["message_id"] == message.message_id
         [record] = failures.history(message.message_id)
         assert record.dead and record.error_type == "DatabaseUnavailable"
+        assert record.attempt == 1  # the first run, although Dramatiq counted a retry
     finally:
         worker.stop()
         broker.close()

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import Any
+from typing import Any, cast
 from uuid import uuid4
 
 import dramatiq
@@ -24,11 +24,11 @@ from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL
 
 from schemas import CATEGORIZE_QUEUE
 from tests.support.rabbit import rabbit_vhost
-from tests.support.services import wait_for
+from tests.support.services import run_catfleet, wait_for
 from workers.backends import backend_for
 from workers.backends.base import QueueStats
 from workers.backends.memory import MemoryBroker
-from workers.backends.redis import RedisKeys
+from workers.backends.redis import RedisDeadLetterStore, RedisKeys
 from workers.dlq.base import AUDIT_EVERY_S, DeadLetterFilter, PostgresAuditLog
 from workers.failures import FailureRecord, LazyDatabase
 from workers.harness.processes import ROOT, settings_env
@@ -66,17 +66,29 @@ class Backend:
         """Replays counted for the metrics (kept in the broker's Redis; the others keep none)."""
         return self.stats().replayed
 
-    def message(self, ids: list[int], actor: str = "categorize_batch") -> dramatiq.Message[Any]:
+    def message(
+        self, ids: list[int], actor: str = "categorize_batch", *, correlation_id: str | None = None
+    ) -> dramatiq.Message[Any]:
+        payload: dict[str, Any] = {"expense_ids": ids}
+        if correlation_id is not None:
+            payload["correlation_id"] = correlation_id
         return dramatiq.Message(
-            queue_name=self.queue, actor_name=actor, args=({"expense_ids": ids},), kwargs={}, options={}
+            queue_name=self.queue, actor_name=actor, args=(payload,), kwargs={}, options={}
         )
 
-    def kill(self, message: dramatiq.Message[Any], error: str = "boom", *, record: bool = True) -> None:
+    def kill(
+        self,
+        message: dramatiq.Message[Any],
+        error: str = "boom",
+        *,
+        record: bool = True,
+        error_type: str = "DatabaseConflict",
+    ) -> None:
         """Enqueue, fetch and nack: the message is now a dead letter; its failure is logged."""
         self.broker.enqueue(message)
         consumer = self.broker.consume(self.queue, prefetch=1, timeout=200)
         try:
-            got = wait_for(lambda: next(consumer), what="the message")
+            got = cast(Any, wait_for(lambda: next(consumer), what="the message"))
             assert got.message_id == message.message_id
             consumer.nack(got)
         finally:
@@ -88,7 +100,7 @@ class Backend:
                     queue_name=self.queue,
                     actor_name=message.actor_name,
                     retries=2,
-                    error_type="DatabaseConflict",
+                    error_type=error_type,
                     error=error,
                     dead=True,
                     at_ms=int(time.time() * 1000),
@@ -153,12 +165,12 @@ def test_list_is_newest_first_with_the_final_error(backend: Backend) -> None:
     newest = letters[0]
     assert (newest.actor_name, newest.expense_ids, newest.error_type, newest.error) == (
         "categorize_batch",
-        1,
+        [4],
         "DatabaseConflict",
         "second failure",
     )
     assert abs(newest.died_at_ms - time.time() * 1000) < 60_000
-    assert letters[1].expense_ids == 3
+    assert (letters[1].expense_ids, letters[1].expense_count) == ([1, 2, 3], 3)
 
 
 def test_filters_by_actor_error_and_age(backend: Backend) -> None:
@@ -298,9 +310,10 @@ def test_cli_list_show_replay_purge_json(redis_backend: Backend) -> None:
 
     out = run("list", "--queue", q, "--json")
     assert out.returncode == 0, out.stderr
-    rows = json.loads(out.stdout)
-    assert [r["message_id"] for r in rows] == [b.message_id, a.message_id]
-    assert rows[1]["expense_ids"] == 2 and rows[1]["error"] == "cli error a"
+    listed = json.loads(out.stdout)
+    rows = listed["letters"]
+    assert [r["message_id"] for r in rows] == [b.message_id, a.message_id] and listed["total"] == 2
+    assert rows[1]["expense_ids"] == [5, 6] and rows[1]["error"] == "cli error a"
     shown = json.loads(run("show", a.message_id, "--json").stdout)
     assert (
         shown["payload"]["args"] == [{"expense_ids": [5, 6]}]
@@ -315,7 +328,10 @@ def test_cli_list_show_replay_purge_json(redis_backend: Backend) -> None:
     assert refused.returncode == 1 and "nothing purged" in refused.stdout
     purged = json.loads(run("purge", "--queue", q, "--yes", "--json").stdout)
     assert purged["message_ids"] == [b.message_id]
-    assert json.loads(run("list", "--queue", q, "--json").stdout) == []
+    assert backend.store.find(DeadLetterFilter(queue=q)) == []
+    # its XQ is gone with its last letter: not a fleet queue, no dead-letter queue
+    gone = run("list", "--queue", q)
+    assert gone.returncode == 2 and gone.stdout == "" and "no queue" in gone.stderr
 
 
 def test_the_dead_letter_gauge_counts_them_on_every_broker(backend: Backend) -> None:
@@ -384,3 +400,323 @@ def test_a_replay_killed_halfway_leaves_its_audit_entry_up_to_date(kind: str, se
         # Redis moves each one atomically; RabbitMQ may duplicate the one published, not yet acked
         assert len(back) == n if kind == "redis" else n <= len(back) <= n + 1
         print(f"\n{kind}: replay killed after {len(moved)}/{n} moves, its audit entry had {count}")
+
+
+# --- The service the console calls (page, facets, the new filters) and the CLI's answers ---
+
+
+def fill(backend: Backend) -> dict[str, dramatiq.Message[Any]]:
+    """Five letters of two actors, three error types, two correlation ids, overlapping batches."""
+    made = {
+        "a": backend.message([1, 2, 3], correlation_id="run-1"),
+        "b": backend.message([3, 4], correlation_id="run-1"),
+        "c": backend.message([5], actor="learn_from_correction", correlation_id="run-2"),
+        "d": backend.message([6, 7]),
+        "e": backend.message([3, 8], correlation_id="run-2"),
+    }
+    kinds = {"a": "DatabaseConflict", "b": "InvalidMessage", "c": "UnknownCategory", "d": "InvalidMessage"}
+    for name, m in made.items():
+        backend.kill(m, f"error of {name}", error_type=kinds.get(name, "DatabaseConflict"))
+        time.sleep(0.005)  # distinct times of death: newest first is e, d, c, b, a
+    return made
+
+
+def ids_of(letters: list[Any]) -> list[str]:
+    return [x.message_id for x in letters]
+
+
+def test_page_filters_by_error_type_expense_id_correlation_id_and_counts(backend: Backend) -> None:
+    m = fill(backend)
+    q, store = backend.queue, backend.store
+
+    def page(offset: int = 0, limit: int = 50, **kw: Any) -> tuple[list[str], int]:
+        got = store.page(DeadLetterFilter(queue=q, **kw), offset=offset, limit=limit)
+        assert (got.offset, got.limit) == (offset, limit)
+        return ids_of(got.letters), got.total
+
+    everything = [m[k].message_id for k in "edcba"]
+    assert page() == (everything, 5)
+    assert page(offset=1, limit=2) == (everything[1:3], 5)
+    assert page(offset=9) == ([], 5)
+    assert page(error_type="InvalidMessage") == ([m["d"].message_id, m["b"].message_id], 2)
+    assert page(error_type="Invalid") == ([], 0)  # exact, not a substring
+    assert page(expense_id=3) == ([m["e"].message_id, m["b"].message_id, m["a"].message_id], 3)
+    assert page(expense_id=3, limit=1, offset=1) == ([m["b"].message_id], 3)
+    assert page(correlation_id="run-2") == ([m["e"].message_id, m["c"].message_id], 2)
+    assert page(correlation_id="run-1", expense_id=4) == ([m["b"].message_id], 1)
+    assert page(actor="learn_from_correction") == ([m["c"].message_id], 1)
+    assert page(error="ERROR OF D") == ([m["d"].message_id], 1)
+    assert page(older_than_s=3600) == ([], 0)
+    assert page(newer_than_s=3600, error_type="DatabaseConflict") == (
+        [m["e"].message_id, m["a"].message_id],
+        2,
+    )
+    assert page(expense_id=999) == ([], 0)
+    [first] = store.page(DeadLetterFilter(queue=q, expense_id=8)).letters
+    assert (first.expense_ids, first.expense_count, first.correlation_id) == ([3, 8], 2, "run-2")
+    assert first.error == "error of e"
+
+
+def test_facets_count_queues_actors_and_error_types(backend: Backend) -> None:
+    fill(backend)
+    facets = backend.store.facets()
+    assert facets["queue"][backend.queue] == 5
+    assert facets["actor"]["categorize_batch"] >= 4 and facets["actor"]["learn_from_correction"] >= 1
+    assert facets["error_type"]["InvalidMessage"] >= 2 and facets["error_type"]["UnknownCategory"] >= 1
+
+
+def test_replay_and_purge_take_the_new_filters(backend: Backend) -> None:
+    m = fill(backend)
+    q, store = backend.queue, backend.store
+    dry = store.replay(DeadLetterFilter(queue=q, expense_id=3), dry_run=True)
+    assert set(dry.message_ids) == {m[k].message_id for k in "abe"}
+    report = store.replay(DeadLetterFilter(queue=q, correlation_id="run-2"), operator="tester")
+    assert set(report.message_ids) == {m["c"].message_id, m["e"].message_id}
+    assert {x.message_id for x in backend.take()} == set(report.message_ids)
+    purged = store.purge(DeadLetterFilter(queue=q, error_type="InvalidMessage"), operator="tester")
+    assert set(purged.message_ids) == {m["b"].message_id, m["d"].message_id}
+    assert ids_of(store.find(DeadLetterFilter(queue=q))) == [m["a"].message_id]
+    # what left the dead-letter queue is not found by any filter any more
+    assert store.page(DeadLetterFilter(queue=q, expense_id=3)).total == 1
+    assert store.page(DeadLetterFilter(queue=q, correlation_id="run-2")).total == 0
+
+
+def test_unknown_ids_are_reported_and_the_known_ones_done(backend: Backend) -> None:
+    keep = backend.message([1])
+    backend.kill(keep)
+    report = backend.store.purge(DeadLetterFilter(ids=(keep.message_id, "no-such-id")), operator="tester")
+    assert (report.done, report.message_ids, report.unknown) == (1, [keep.message_id], ["no-such-id"])
+    dry = backend.store.replay(DeadLetterFilter(ids=("nope-1", "nope-2")), dry_run=True)
+    assert (dry.matched, dry.unknown) == (0, ["nope-1", "nope-2"])
+
+
+def test_the_audit_records_limit_and_rate_and_show_tells_the_replay(
+    backend: Backend, settings: Settings
+) -> None:
+    m = backend.message([4, 2])
+    backend.kill(m, "first death")
+    since = last_audit_id(settings)
+    report = backend.store.replay(DeadLetterFilter(ids=(m.message_id,)), limit=5, rate=100, operator="tester")
+    assert report.done == 1
+    [again] = backend.take()
+    with psycopg.connect(settings.database_url) as conn:
+        row = conn.execute(
+            "SELECT limit_n, rate FROM dead_letter_actions WHERE id > %s ORDER BY id", (since,)
+        ).fetchone()
+    assert row == (5, 100.0)
+    [entry] = [e for e in backend.store.audit.trail(limit=10) if e.id > since]
+    assert (entry.action, entry.operator, entry.limit, entry.rate, entry.count) == (
+        "replay",
+        "tester",
+        5,
+        100.0,
+        1,
+    )
+    assert entry.message_ids == [m.message_id] and entry.filter == {"ids": [m.message_id]}
+    backend.kill(again, "second death")  # replayed, then dead again
+    letter = backend.store.show(m.message_id)
+    assert letter is not None and letter.error == "second death"
+    assert [(e.id, e.action, e.operator) for e in letter.actions] == [(entry.id, "replay", "tester")]
+
+
+def test_show_of_an_undecodable_letter_has_its_raw_body(backend: Backend) -> None:
+    body = b'{"not": "a message"'
+    if backend.kind == "redis":
+        client = redis.Redis.from_url(backend.settings.broker_url)
+        keys = RedisKeys(backend.settings.broker_namespace)
+        client.zadd(keys.dead(backend.queue), {"rid-raw": time.time() * 1000})
+        client.hset(keys.dead_messages(backend.queue), "rid-raw", body)
+        client.close()
+    elif backend.kind == "memory":
+        assert isinstance(backend.broker, MemoryBroker)
+        backend.broker.add_dead_letter(backend.queue, body)
+    else:
+        conn = pika.BlockingConnection(pika.URLParameters(backend.rabbit_url))
+        channel = conn.channel()
+        channel.queue_declare(
+            f"{backend.queue}.XQ", durable=True, arguments={"x-message-ttl": DEAD_MESSAGE_TTL}
+        )
+        channel.basic_publish("", f"{backend.queue}.XQ", body)
+        conn.close()
+    flt = DeadLetterFilter(queue=backend.queue)
+    [listed] = wait_for(lambda: backend.store.find(flt), what="the raw dead letter")
+    shown = backend.store.show(listed.message_id)
+    assert shown is not None and shown.payload is None and shown.raw == body.decode()
+    assert shown.expense_ids is None and shown.unreplayable
+
+
+def test_redis_index_rows_of_letters_gone_behind_its_back_are_skipped_and_pruned(settings: Settings) -> None:
+    backend = Backend("redis", settings)
+    try:
+        a, b = backend.message([11]), backend.message([11])
+        backend.kill(a)
+        backend.kill(b)
+        store = backend.store
+        flt = DeadLetterFilter(queue=backend.queue, expense_id=11)
+        assert isinstance(store, RedisDeadLetterStore)
+        assert store.page(flt).total == 2  # both indexed now
+        client = redis.Redis.from_url(backend.settings.broker_url)
+        keys = RedisKeys(backend.settings.broker_namespace)
+        [rid_a] = [
+            rid
+            for rid, raw in client.hgetall(keys.dead_messages(backend.queue)).items()
+            if json.loads(raw)["message_id"] == a.message_id
+        ]
+        client.zrem(keys.dead(backend.queue), rid_a)  # removed behind the store's back
+        client.hdel(keys.dead_messages(backend.queue), rid_a)
+        client.close()
+        got = store.page(flt)
+        assert ids_of(got.letters) == [b.message_id]
+        assert store.page(flt).total == 1  # the stale row was deleted when the page met it
+        with psycopg.connect(settings.database_url) as conn:
+            left = conn.execute(
+                "SELECT message_id FROM dead_letter_index WHERE space = %s AND queue_name = %s",
+                (store.keys.namespace, backend.queue),
+            ).fetchall()
+        assert left == [(b.message_id,)]
+    finally:
+        backend.close()
+
+
+def test_redis_index_follows_a_letter_that_dies_again_with_another_error(settings: Settings) -> None:
+    backend = Backend("redis", settings)
+    try:
+        m = backend.message([21])
+        backend.kill(m, error_type="DatabaseConflict")
+        store, q = backend.store, backend.queue
+        assert store.page(DeadLetterFilter(queue=q, error_type="DatabaseConflict")).total == 1
+        # replayed by someone else (no index row removed), then dead with another error
+        client = redis.Redis.from_url(backend.settings.broker_url)
+        keys = RedisKeys(backend.settings.broker_namespace)
+        [rid] = cast("list[bytes]", client.zrange(keys.dead(q), 0, -1))
+        client.zadd(keys.dead(q), {rid: time.time() * 1000 + 5})
+        client.close()
+        backend.failures.record(
+            FailureRecord(
+                message_id=m.message_id,
+                queue_name=q,
+                actor_name=m.actor_name,
+                retries=0,
+                error_type="InvalidMessage",
+                error="bad",
+                dead=True,
+                at_ms=int(time.time() * 1000) + 5,
+            )
+        )
+        assert ids_of(store.page(DeadLetterFilter(queue=q, error_type="InvalidMessage")).letters) == [
+            m.message_id
+        ]
+        assert store.page(DeadLetterFilter(queue=q, error_type="DatabaseConflict")).total == 0
+    finally:
+        backend.close()
+
+
+def test_redis_index_rows_expire_with_the_dead_message_ttl(settings: Settings) -> None:
+    backend = Backend("redis", settings)
+    try:
+        m = backend.message([31])
+        backend.kill(m)
+        store = backend.store
+        assert isinstance(store, RedisDeadLetterStore)
+        assert store.page(DeadLetterFilter(queue=backend.queue, expense_id=31)).total == 1
+        store.dead_message_ttl_ms = 1  # Dramatiq's maintenance would drop the XQ entry too
+        time.sleep(0.01)
+        store.catch_up([backend.queue])
+        with psycopg.connect(settings.database_url) as conn:
+            left = conn.execute(
+                "SELECT count(*) FROM dead_letter_index WHERE space = %s AND queue_name = %s",
+                (store.keys.namespace, backend.queue),
+            ).fetchone()
+        assert left == (0,)
+    finally:
+        backend.close()
+
+
+def test_cli_answers_pages_unknowns_and_the_audit(redis_backend: Backend, settings: Settings) -> None:
+    backend, q = redis_backend, redis_backend.queue
+    big = backend.message(list(range(1, 31)), correlation_id="run-cli")
+    backend.kill(big, "big batch", error_type="InvalidMessage")
+    for i in range(55):
+        backend.kill(backend.message([1000 + i]), f"small {i}")
+    client = redis.Redis.from_url(backend.settings.broker_url)
+    keys = RedisKeys(backend.settings.broker_namespace)
+    client.zadd(keys.dead(q), {"rid-raw": time.time() * 1000})
+    client.hset(keys.dead_messages(q), "rid-raw", b"\x00raw bytes, not json")
+    client.close()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_catfleet(backend.settings, "dlq", *args)
+
+    default = run("list", "--queue", q)
+    assert default.returncode == 0, default.stderr
+    lines = default.stdout.splitlines()
+    assert len(lines) == 1 + 50 + 1  # header, the default 50, the count
+    assert lines[-1] == "50 of 57 dead letter(s), newest first; 7 more: --limit 57 or --all"
+    assert (
+        run("list", "--queue", q, "--limit", "2").stdout.splitlines()[-1].startswith("2 of 57 dead letter(s)")
+    )
+    assert run("list", "--queue", q, "--all").stdout.splitlines()[-1] == "57 dead letter(s)"
+    by_expense = json.loads(run("list", "--queue", q, "--expense-id", "7", "--json").stdout)
+    assert [r["message_id"] for r in by_expense["letters"]] == [big.message_id] and by_expense["total"] == 1
+    by_type = json.loads(run("list", "--queue", q, "--error-type", "InvalidMessage", "--json").stdout)
+    by_run = json.loads(run("list", "--correlation-id", "run-cli", "--json").stdout)
+    assert by_type["total"] == by_run["total"] == 1
+
+    shown = run("show", big.message_id)
+    assert "expense ids 30: 1, 2, 3," in shown.stdout and "20, ... (10 more)" in shown.stdout
+    assert "correlation run-cli" in shown.stdout
+    raw = run("show", "rid-raw")
+    assert raw.returncode == 0 and "raw bytes, not json" in raw.stdout and "not a readable" in raw.stdout
+
+    replayed = run("replay", big.message_id, "no-such-id", "--rate", "50", "--limit", "5")
+    assert replayed.returncode == 1 and "replayed 1 of 1" in replayed.stdout
+    assert replayed.stderr.strip() == "catfleet dlq replay: no dead letter with message id no-such-id"
+    purged = run("purge", "no-such-id", "--yes")
+    assert purged.returncode == 1 and "no-such-id" in purged.stderr
+    for argv in (["list"], ["replay", "--dry-run"], ["purge", "--yes"]):
+        wrong = run(*argv, "--queue", "nosuch")
+        assert wrong.returncode == 2 and wrong.stdout == "", wrong
+        assert wrong.stderr.count("\n") == 1 and "no queue 'nosuch'" in wrong.stderr
+    gone = run("show", big.message_id)  # replayed, not a dead letter now: where it went
+    assert gone.returncode == 1 and "replayed at" in gone.stderr and "audit entry" in gone.stderr
+
+    [again] = [m for m in backend.take() if m.message_id == big.message_id]
+    backend.kill(again, "dead again")
+    history = run("show", big.message_id).stdout.split("message:")[0]
+    assert "replayed by tester" not in history and "replayed by " in history and "dead again" in history
+    entries = json.loads(run("audit", "--json").stdout)
+    mine = [e for e in entries if big.message_id in e["message_ids"]]
+    assert [(e["action"], e["limit"], e["rate"], e["count"]) for e in mine] == [("replay", 5, 50.0, 1)]
+    text = run("audit", "--limit", "3").stdout.splitlines()
+    assert text[0].split()[:5] == ["id", "at", "(UTC)", "operator", "action"] and len(text) <= 5
+
+
+def test_cli_on_rabbitmq_prints_no_driver_logs(settings: Settings) -> None:
+    with rabbit_vhost() as url:
+        backend = Backend("rabbitmq", settings, rabbit_url=url, queue=CATEGORIZE_QUEUE)
+        try:
+            m = backend.message([3, 4])
+            backend.kill(m, "rabbit error")
+            env = msgspec.structs.replace(backend.settings, log_level="DEBUG")
+            listed = run_catfleet(env, "dlq", "list")
+            assert listed.returncode == 0 and listed.stderr == "", listed.stderr
+            assert m.message_id in listed.stdout
+            shown = run_catfleet(env, "dlq", "show", m.message_id)
+            assert shown.returncode == 0 and shown.stderr == "" and "expense ids 2: 3, 4" in shown.stdout
+            missing = run_catfleet(env, "dlq", "show", "no-such-id")
+            assert missing.returncode == 1 and missing.stderr.count("\n") == 1
+        finally:
+            backend.close()
+
+
+@pytest.mark.parametrize(
+    "argv", [["audit"], ["show", "some-id"], ["list", "--actor", "x"], ["replay", "--all"]]
+)
+def test_cli_without_postgresql_answers_in_one_line(settings: Settings, argv: list[str]) -> None:
+    """The audit trail (and with Redis the dead-letter index) is in PostgreSQL: without it, one
+    line and exit 2 within the connect timeout, not the pool's retries and warnings."""
+    away = msgspec.structs.replace(settings, database_url="postgresql://postgres@127.0.0.1:1/nodb")
+    out = run_catfleet(away, "dlq", *argv)
+    assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1, out.stderr
+    assert "connection" in out.stderr
+    assert run_catfleet(away, "dlq", "list").returncode == 0  # a list by queue and age needs only Redis

@@ -23,6 +23,7 @@ from workers.backends.base import FLEET_QUEUES, Backend, Check, QueueStats
 from workers.deliveries import DeliveryCounter
 from workers.dlq.base import (
     Action,
+    AuditEntry,
     AuditLog,
     DeadLetter,
     DeadLetterFilter,
@@ -124,18 +125,46 @@ class MemoryAuditLog(AuditLog):
 
     def __init__(self) -> None:
         self.entries: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
 
-    def begin(self, *, broker: str, action: Action, filter: DeadLetterFilter, operator: str) -> int:
-        self.entries.append(
-            {"broker": broker, "action": action, "filter": msgspec.to_builtins(filter), "operator": operator}
-            | {"count": 0, "message_ids": []}
-        )
-        return len(self.entries)
+    def begin(
+        self,
+        *,
+        broker: str,
+        action: Action,
+        filter: DeadLetterFilter,
+        operator: str,
+        limit: int | None = None,
+        rate: float | None = None,
+    ) -> int:
+        flt = msgspec.to_builtins(filter)
+        with self._lock:
+            self.entries.append(
+                {"broker": broker, "action": action, "filter": flt, "operator": operator}
+                | {"count": 0, "message_ids": [], "limit": limit, "rate": rate}
+                | {"id": len(self.entries) + 1, "at_ms": int(time.time() * 1000)}
+            )
+            return len(self.entries)
 
     def add(self, entry: int, message_ids: list[str]) -> None:
-        row = self.entries[entry - 1]
-        row["count"] += len(message_ids)
-        row["message_ids"] += message_ids
+        with self._lock:
+            row = self.entries[entry - 1]
+            row["count"] += len(message_ids)
+            row["message_ids"] = [*row["message_ids"], *message_ids]
+
+    def trail(self, *, limit: int = 50, offset: int = 0) -> list[AuditEntry]:
+        with self._lock:
+            rows = self.entries[::-1][offset : offset + limit]
+            return [_entry(row) for row in rows]
+
+    def of_message(self, message_id: str) -> list[AuditEntry]:
+        with self._lock:
+            return [_entry(row) for row in self.entries if message_id in row["message_ids"]]
+
+
+def _entry(row: dict[str, Any]) -> AuditEntry:
+    flt = {k: v for k, v in row["filter"].items() if v not in (None, [], ())}
+    return msgspec.convert({**row, "filter": flt, "message_ids": list(row["message_ids"])}, AuditEntry)
 
 
 class MemoryDeadLetterStore(DeadLetterStore):
@@ -148,6 +177,10 @@ class MemoryDeadLetterStore(DeadLetterStore):
     @contextmanager
     def session(self) -> Iterator[Session]:
         yield _MemorySession(self)
+
+    def queues(self) -> list[str]:
+        with self.memory.lock:
+            return sorted(q for q, entries in self.memory.dead.items() if entries)
 
 
 class _MemorySession(Session):

@@ -1,9 +1,17 @@
-"""Dead-letter tooling: list, show, replay and purge, for every broker backend. The store
+"""Dead-letter tooling: list, page, show, replay, purge and audit, for every broker backend. The store
 contract and its shared logic are in ``workers.dlq.base``; each backend has its store."""
 
 from __future__ import annotations
 
-from workers.dlq.base import ActionReport, DeadLetter, DeadLetterFilter, DeadLetterStore, PostgresAuditLog
+from workers.dlq.base import (
+    ActionReport,
+    AuditEntry,
+    DeadLetter,
+    DeadLetterFilter,
+    DeadLetterStore,
+    Page,
+    PostgresAuditLog,
+)
 from workers.failures import LazyDatabase
 from workers.settings import Settings
 
@@ -19,4 +27,12 @@ def open_store(settings: Settings) -> DeadLetterStore:
     return store
 
 
-__all__ = ["ActionReport", "DeadLetter", "DeadLetterFilter", "DeadLetterStore", "open_store"]
+__all__ = [
+    "ActionReport",
+    "AuditEntry",
+    "DeadLetter",
+    "DeadLetterFilter",
+    "DeadLetterStore",
+    "Page",
+    "open_store",
+]

@@ -38,15 +38,36 @@ AUDIT_EVERY = 100
 AUDIT_EVERY_S = 1.0
 
 
+class AuditEntry(msgspec.Struct, kw_only=True):
+    """One replay or purge: who, when, what it was asked and what it moved."""
+
+    id: int
+    at_ms: int
+    operator: str
+    broker: str
+    action: Action
+    filter: dict[str, Any]
+    dry_run: bool = False
+    #: The action's ``--limit`` and ``--rate`` (None: not given).
+    limit: int | None = None
+    rate: float | None = None
+    count: int = 0
+    message_ids: list[str] = []
+
+
 class DeadLetter(msgspec.Struct, kw_only=True):
     message_id: str
     queue_name: str
     actor_name: str
-    #: Number of expense IDs in the batch (None: not a batch payload).
-    expense_ids: int | None
+    #: The batch's expense IDs (None: not a batch payload).
+    expense_ids: list[int] | None
     error_type: str
     error: str
     died_at_ms: int
+    #: How many expense IDs the batch has (None: not a batch payload).
+    expense_count: int | None = None
+    #: The producer's correlation id (the payload's, else its options'), if it has one.
+    correlation_id: str | None = None
     #: The decoded envelope (None: the stored bytes are not a readable message).
     payload: dict[str, Any] | None = None
     history: list[FailureRecord] = []
@@ -54,6 +75,8 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     raw: str | None = None
     #: Why a replay would not succeed (None: it can be replayed); such letters can only be purged.
     unreplayable: str | None = None
+    #: The audit entries that replayed or purged this message before (``show`` only).
+    actions: list[AuditEntry] = []
 
 
 class DeadLetterFilter(msgspec.Struct, kw_only=True, frozen=True):
@@ -64,21 +87,47 @@ class DeadLetterFilter(msgspec.Struct, kw_only=True, frozen=True):
     error: str | None = None
     older_than_s: float | None = None
     newer_than_s: float | None = None
+    #: Exactly this final error type.
+    error_type: str | None = None
+    #: Letters whose batch holds this expense id.
+    expense_id: int | None = None
+    #: Letters whose payload (or its options, or kwargs) carries this correlation id.
+    correlation_id: str | None = None
 
     @property
     def is_empty(self) -> bool:
         return self == DeadLetterFilter()
 
+    def died_between(self, now_ms: int) -> tuple[int | None, int | None]:
+        """The age bounds as times of death (ms): (at or after, at or before); None: unbounded."""
+        after = None if self.newer_than_s is None else now_ms - int(self.newer_than_s * 1000)
+        before = None if self.older_than_s is None else now_ms - int(self.older_than_s * 1000)
+        return after, before
+
     def matches(self, letter: DeadLetter, now_ms: int) -> bool:
-        age_s = (now_ms - letter.died_at_ms) / 1000
+        after, before = self.died_between(now_ms)
         return (
             (not self.ids or letter.message_id in self.ids)
             and (self.queue is None or letter.queue_name == self.queue)
             and (self.actor is None or letter.actor_name == self.actor)
             and (self.error is None or self.error.lower() in f"{letter.error_type}: {letter.error}".lower())
-            and (self.older_than_s is None or age_s >= self.older_than_s)
-            and (self.newer_than_s is None or age_s <= self.newer_than_s)
+            and (after is None or letter.died_at_ms >= after)
+            and (before is None or letter.died_at_ms <= before)
+            and (self.error_type is None or letter.error_type == self.error_type)
+            and (self.expense_id is None or self.expense_id in (letter.expense_ids or ()))
+            and (self.correlation_id is None or letter.correlation_id == self.correlation_id)
         )
+
+
+class Page(msgspec.Struct, kw_only=True):
+    """One page of the dead letters a filter matches."""
+
+    #: Newest first; their ``history`` may be left empty (``show`` has it).
+    letters: list[DeadLetter]
+    #: How many letters match the filter.
+    total: int
+    offset: int
+    limit: int
 
 
 class ActionReport(msgspec.Struct, kw_only=True):
@@ -89,12 +138,19 @@ class ActionReport(msgspec.Struct, kw_only=True):
     message_ids: list[str]
     #: message id -> why it was left where it is
     skipped: dict[str, str] = {}
+    #: Message ids the filter named that are not dead letters (nothing done to them).
+    unknown: list[str] = []
 
 
 class Session(abc.ABC):
-    """The dead letters as they are when the session opens, and the moves on them."""
+    """The dead letters as they are when the session opens, and the moves on them. A store that
+    can select without loading every letter overrides ``choose``."""
 
     letters: list[DeadLetter]
+
+    def choose(self, filter: DeadLetterFilter, limit: int | None) -> list[DeadLetter]:
+        """The letters ``filter`` matches, newest first, at most ``limit``."""
+        return select(self.letters, filter, limit)
 
     @abc.abstractmethod
     def replay(self, letter: DeadLetter) -> bool:
@@ -104,27 +160,74 @@ class Session(abc.ABC):
     def purge(self, letter: DeadLetter) -> bool:
         """Delete the letter; False if it was no longer there."""
 
+    def gone(self, letters: list[DeadLetter]) -> None:  # noqa: B027 - optional hook
+        """These letters left the dead-letter queue (replayed or purged): forget what is kept
+        about them beside it (an index)."""
+
+
+def select(letters: list[DeadLetter], filter: DeadLetterFilter, limit: int | None) -> list[DeadLetter]:
+    """``letters`` (oldest first, as stores list them) that ``filter`` matches, newest first."""
+    now = now_ms()
+    # reversed, a stable sort keeps the later of two equal times first
+    chosen = sorted((x for x in reversed(letters) if filter.matches(x, now)), key=lambda x: -x.died_at_ms)
+    return chosen[:limit] if limit is not None else chosen
+
+
+def count_facets(letters: list[DeadLetter]) -> dict[str, dict[str, int]]:
+    """Letters per queue, per actor and per final error type."""
+    out: dict[str, dict[str, int]] = {"queue": {}, "actor": {}, "error_type": {}}
+    for x in letters:
+        for facet, value in (("queue", x.queue_name), ("actor", x.actor_name), ("error_type", x.error_type)):
+            out[facet][value] = out[facet].get(value, 0) + 1
+    return out
+
 
 class AuditLog(abc.ABC):
     """Who did what to the dead letters. An entry is opened before anything moves and grows as
     messages move, so a crash halfway still leaves one."""
 
     @abc.abstractmethod
-    def begin(self, *, broker: str, action: Action, filter: DeadLetterFilter, operator: str) -> int:
+    def begin(
+        self,
+        *,
+        broker: str,
+        action: Action,
+        filter: DeadLetterFilter,
+        operator: str,
+        limit: int | None = None,
+        rate: float | None = None,
+    ) -> int:
         """Open an entry for an action about to start (count 0); its id."""
 
     @abc.abstractmethod
     def add(self, entry: int, message_ids: list[str]) -> None:
         """These messages were moved by the entry's action: add them to its count and ids."""
 
+    @abc.abstractmethod
+    def trail(self, *, limit: int = 50, offset: int = 0) -> list[AuditEntry]:
+        """The audit trail, newest first."""
+
+    @abc.abstractmethod
+    def of_message(self, message_id: str) -> list[AuditEntry]:
+        """The entries that moved this message, oldest first."""
+
 
 class PostgresAuditLog(AuditLog):
-    """Table ``dead_letter_actions``: who, when, what filter, how many, which ids."""
+    """Table ``dead_letter_actions``: who, when, what filter, limit and rate, how many, which ids."""
 
     def __init__(self, database: LazyDatabase):
         self.database = database
 
-    def begin(self, *, broker: str, action: Action, filter: DeadLetterFilter, operator: str) -> int:
+    def begin(
+        self,
+        *,
+        broker: str,
+        action: Action,
+        filter: DeadLetterFilter,
+        operator: str,
+        limit: int | None = None,
+        rate: float | None = None,
+    ) -> int:
         params = {
             "operator": operator,
             "broker": broker,
@@ -133,6 +236,8 @@ class PostgresAuditLog(AuditLog):
             "dry_run": False,
             "count": 0,
             "message_ids": [],
+            "limit": limit,
+            "rate": rate,
         }
         row = self.database.db.run(
             lambda conn: conn.execute(queries.INSERT_DEAD_LETTER_ACTION, params).fetchone()
@@ -143,6 +248,37 @@ class PostgresAuditLog(AuditLog):
     def add(self, entry: int, message_ids: list[str]) -> None:
         params = {"entry": entry, "ids": message_ids}
         self.database.db.run(lambda conn: conn.execute(queries.ADD_TO_DEAD_LETTER_ACTION, params))
+
+    def trail(self, *, limit: int = 50, offset: int = 0) -> list[AuditEntry]:
+        params = {"limit": limit, "offset": offset}
+        rows = self.database.db.run(
+            lambda conn: conn.execute(queries.LIST_DEAD_LETTER_ACTIONS, params).fetchall(), read=True
+        )
+        return [_audit_entry(row) for row in rows]
+
+    def of_message(self, message_id: str) -> list[AuditEntry]:
+        params = {"ids": [message_id]}
+        rows = self.database.db.run(
+            lambda conn: conn.execute(queries.DEAD_LETTER_ACTIONS_OF, params).fetchall(), read=True
+        )
+        return [_audit_entry(row) for row in rows]
+
+
+def _audit_entry(row: Any) -> AuditEntry:
+    id_, at_ms, operator, broker, action, flt, dry_run, count, ids, limit, rate = row
+    return AuditEntry(
+        id=int(id_),
+        at_ms=int(at_ms),
+        operator=operator,
+        broker=broker,
+        action=action,
+        filter={k: v for k, v in dict(flt).items() if v not in (None, [], ())},
+        dry_run=bool(dry_run),
+        limit=limit,
+        rate=rate,
+        count=int(count),
+        message_ids=list(ids),
+    )
 
 
 def operator_name() -> str:
@@ -172,13 +308,35 @@ class DeadLetterStore(abc.ABC):
             close()
 
     def find(self, filter: DeadLetterFilter | None = None, *, limit: int | None = None) -> list[DeadLetter]:
-        """Newest first."""
+        """Newest first, each with its failure history."""
         with self.session() as session:
-            return self._select(session.letters, filter or DeadLetterFilter(), limit)
+            return session.choose(filter or DeadLetterFilter(), limit)
+
+    def page(self, filter: DeadLetterFilter, *, offset: int = 0, limit: int = 50) -> Page:
+        """One page of what ``filter`` matches, newest first, and how many match. Here: every
+        letter is looked at (a store that can do better overrides it)."""
+        offset, limit = max(offset, 0), max(limit, 0)
+        with self.session() as session:
+            chosen = session.choose(filter, None)
+        return Page(letters=chosen[offset : offset + limit], total=len(chosen), offset=offset, limit=limit)
+
+    def facets(self) -> dict[str, dict[str, int]]:
+        """Dead letters per ``queue``, per ``actor`` and per final ``error_type``."""
+        with self.session() as session:
+            return count_facets(session.letters)
 
     def show(self, message_id: str) -> DeadLetter | None:
+        """The letter (its history, payload or raw bytes) and the audit entries that moved it."""
         found = self.find(DeadLetterFilter(ids=(message_id,)), limit=1)
-        return found[0] if found else None
+        if not found:
+            return None
+        letter = found[0]
+        letter.actions = self.audit.of_message(letter.message_id)
+        return letter
+
+    def queues(self) -> list[str]:
+        """The queues that have a dead-letter queue here (at least the ones looked at)."""
+        return []
 
     def replay(
         self,
@@ -213,20 +371,28 @@ class DeadLetterStore(abc.ABC):
     ) -> ActionReport:
         report = ActionReport(action=action, dry_run=dry_run, matched=0, done=0, message_ids=[])
         with self.session() as session:
-            chosen = self._select(session.letters, filter, limit)
+            chosen = session.choose(filter, limit)
             report.matched = len(chosen)
+            report.unknown = _unknown(filter, chosen, limit)
             if dry_run:
-                for letter in chosen:
-                    if action == "replay" and letter.unreplayable:
-                        report.skipped[letter.message_id] = letter.unreplayable
-                    else:
-                        report.message_ids.append(letter.message_id)
-                return report
+                return _dry_run(report, chosen)
             entry = self.audit.begin(
-                broker=self.broker, action=action, filter=filter, operator=operator or operator_name()
+                broker=self.broker,
+                action=action,
+                filter=filter,
+                operator=operator or operator_name(),
+                limit=limit,
+                rate=rate,
             )
-            unrecorded: list[str] = []  # moved, not yet in the audit entry
+            unrecorded: list[DeadLetter] = []  # moved, not yet in the audit entry
             recorded_at = time.monotonic()
+
+            def record() -> None:
+                nonlocal unrecorded, recorded_at
+                self.audit.add(entry, [x.message_id for x in unrecorded])
+                session.gone(unrecorded)
+                unrecorded, recorded_at = [], time.monotonic()
+
             try:
                 for letter in chosen:
                     if action == "replay" and (letter.unreplayable or letter.payload is None):
@@ -238,25 +404,16 @@ class DeadLetterStore(abc.ABC):
                         continue
                     report.done += 1
                     report.message_ids.append(letter.message_id)
-                    unrecorded.append(letter.message_id)
+                    unrecorded.append(letter)
                     self.count(action, letter.queue_name)
                     if len(unrecorded) >= AUDIT_EVERY or time.monotonic() - recorded_at >= AUDIT_EVERY_S:
-                        self.audit.add(entry, unrecorded)
-                        unrecorded, recorded_at = [], time.monotonic()
+                        record()
                     if rate and action == "replay":
                         time.sleep(1 / rate)
             finally:  # also when a move fails: the entry says what was done before it
                 if unrecorded:
-                    self.audit.add(entry, unrecorded)
+                    record()
         return report
-
-    def _select(
-        self, letters: list[DeadLetter], filter: DeadLetterFilter, limit: int | None
-    ) -> list[DeadLetter]:
-        now = now_ms()
-        # stores list oldest first: reversed, a stable sort keeps the later of two equal times first
-        chosen = sorted((x for x in reversed(letters) if filter.matches(x, now)), key=lambda x: -x.died_at_ms)
-        return chosen[:limit] if limit is not None else chosen
 
     def describe(
         self,
@@ -280,7 +437,9 @@ class DeadLetterStore(abc.ABC):
             message_id=message_id,
             queue_name=queue_name,
             actor_name=str(payload.get("actor_name", "")) if payload else (final.actor_name if final else ""),
-            expense_ids=_expense_id_count(payload),
+            expense_ids=(ids := expense_ids_of(payload)),
+            expense_count=None if ids is None else len(ids),
+            correlation_id=correlation_id_of(payload),
             error_type=error_type,
             error=error,
             died_at_ms=died_at_ms,
@@ -289,6 +448,23 @@ class DeadLetterStore(abc.ABC):
             raw=_raw_text(raw) if payload is None and raw is not None else None,
             unreplayable=_unreplayable(queue_name, payload, error_type),
         )
+
+
+def _unknown(filter: DeadLetterFilter, chosen: list[DeadLetter], limit: int | None) -> list[str]:
+    """The ids ``filter`` names that are not among the letters it matched."""
+    if not filter.ids or (limit is not None and len(chosen) >= limit):
+        return []  # none named, or the limit may have left them out: not known to be unknown
+    seen = {x.message_id for x in chosen}
+    return [mid for mid in dict.fromkeys(filter.ids) if mid not in seen]
+
+
+def _dry_run(report: ActionReport, chosen: list[DeadLetter]) -> ActionReport:
+    for letter in chosen:
+        if report.action == "replay" and letter.unreplayable:
+            report.skipped[letter.message_id] = letter.unreplayable
+        else:
+            report.message_ids.append(letter.message_id)
+    return report
 
 
 def decode_payload(raw: bytes) -> dict[str, Any] | None:
@@ -329,12 +505,33 @@ def canonical_queue(name: str) -> str:
     return name.removesuffix(".DQ").removesuffix(".XQ")
 
 
-def _expense_id_count(payload: dict[str, Any] | None) -> int | None:
+def expense_ids_of(payload: dict[str, Any] | None) -> list[int] | None:
+    """The batch's expense IDs (None: not a batch payload)."""
     try:
         ids = payload["args"][0]["expense_ids"]  # type: ignore[index]
     except (KeyError, IndexError, TypeError):
         return None
-    return len(ids) if isinstance(ids, list) else None
+    if not isinstance(ids, list):
+        return None
+    return [x for x in ids if isinstance(x, int) and not isinstance(x, bool)]
+
+
+def correlation_id_of(payload: dict[str, Any] | None) -> str | None:
+    """The producer's correlation id: in the batch payload (``args[0]``), else in the kwargs or
+    the options (other producers)."""
+    if not payload:
+        return None
+    places: list[Any] = [
+        (payload.get("args") or [None])[0] if isinstance(payload.get("args"), list) else None,
+        payload.get("kwargs"),
+        payload.get("options"),
+    ]
+    for place in places:
+        if isinstance(place, dict):
+            cid = place.get("correlation_id")
+            if isinstance(cid, str) and cid:
+                return cid
+    return None
 
 
 def _from_traceback(payload: dict[str, Any] | None) -> tuple[str, str]:

@@ -12,7 +12,7 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import Middleware
 
 from pipeline.settings import redact
-from workers.failures import FailureLog, failure_record
+from workers.failures import ATTEMPT_ATTR, FailureLog, attempt_of, failure_record
 
 failure_logger = logging.getLogger("catfleet.failure")
 MAX_LOGGED_ERROR_CHARS = 500
@@ -35,6 +35,11 @@ class RecordFailures(Middleware):
     def __init__(self, log: FailureLog):
         self.log = log
         self.logger = dramatiq.logging.get_logger(__name__, type(self))
+
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        """Mark the attempt before anything runs: the retries middleware adds a retry to the
+        count only when it retries (not when it gives up), so the count afterwards is not it."""
+        setattr(message, ATTEMPT_ATTR, int(message.options.get("retries", 0)) + 1)
 
     def before_nack(self, broker: dramatiq.Broker, message: Any) -> None:
         """A message for an unknown actor is dead-lettered by Dramatiq's consumer thread before
@@ -68,6 +73,7 @@ class RecordFailures(Middleware):
                 "message_id": message.message_id,
                 "correlation_id": correlation_id_of(message),
                 "retries": int(message.options.get("retries", 0)),
+                "attempt": attempt_of(message),
                 "dead": bool(message.failed),
                 "error_type": type(exception).__name__,
                 "error": redact(str(exception))[:MAX_LOGGED_ERROR_CHARS],

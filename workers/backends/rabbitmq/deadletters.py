@@ -26,6 +26,10 @@ class RabbitmqDeadLetterStore(DeadLetterStore):
         self.parameters = pika.URLParameters(url)
         self.queue_names = list(queues)
 
+    def queues(self) -> list[str]:
+        """The queues it was made for (AMQP cannot list queues)."""
+        return list(self.queue_names)
+
     @contextmanager
     def session(self) -> Iterator[Session]:
         connection = pika.BlockingConnection(self.parameters)
