@@ -18,7 +18,7 @@ from workers.harness.processes import ROOT, settings_env
 from workers.settings import Settings
 
 
-def bench(settings: Settings, tmp_path: Path, *args: str) -> dict[str, object]:
+def bench(settings: Settings, tmp_path: Path, *args: str, log_level: str = "INFO") -> dict[str, object]:
     out = tmp_path / "result.json"
     done = subprocess.run(
         [sys.executable, "-m", "workers", "bench", *args, "--json", str(out)],
@@ -34,7 +34,11 @@ def bench(settings: Settings, tmp_path: Path, *args: str) -> dict[str, object]:
     assert doc["scenario"] == args[0] and doc["seconds"] >= 0
     assert set(doc["machine"]) == {"cpus", "python", "platform"}
     assert doc["machine"]["cpus"] == len(os.sched_getaffinity(0))  # the same host as this test
-    assert doc["settings"] == {"batch_size": settings.batch_size, "worker_threads": settings.worker_threads}
+    assert doc["settings"] == {
+        "batch_size": settings.batch_size,
+        "worker_threads": settings.worker_threads,
+        "log_level": log_level,  # production's default unless --log-level says otherwise
+    }
     return doc["result"]  # type: ignore[no-any-return]
 
 
@@ -51,31 +55,72 @@ def assert_percentiles(p: Any) -> None:
     assert 0 < p["p50_ms"] <= p["p95_ms"] <= p["p99_ms"]
 
 
-def test_throughput_runs_fleet_naive_and_floor(settings: Settings, tmp_path: Path) -> None:
-    result: Any = bench(settings, tmp_path, "throughput", "--expenses", "600", "--naive", "40", "--reps", "1")
+def test_throughput_runs_the_floor_in_the_fleets_shape_alternated(settings: Settings, tmp_path: Path) -> None:
+    result: Any = bench(settings, tmp_path, "throughput", "--expenses", "1200", "--reps", "2")
     assert set(result) == {
         "expenses",
-        "naive_expenses",
-        "processes",
-        "threads",
-        "batch_size",
+        "log_level",
+        "plan",
+        "shape",
         "fleet_per_s",
-        "naive_per_s",
         "floor_per_s",
-        "fleet_vs_naive",
+        "naive_per_s",
+        "naive_expenses",
+        "naive_seconds",
         "fleet_vs_floor",
-        "cpu_seconds_during_fleet_reps",
+        "fleet_vs_naive",
+        "logging",
+        "cpu_us_per_expense",
     }
-    assert (result["expenses"], result["naive_expenses"], result["processes"]) == (600, 40, 2)
-    assert (result["threads"], result["batch_size"]) == (settings.worker_threads, settings.batch_size)
+    assert (result["expenses"], result["log_level"]) == (1200, "INFO")
+    # floor shape equals fleet shape, as each observed it: the fleet's processes from their fleet
+    # records, the floor's from its own processes and threads; the naive fleet runs the same
+    want = {"processes": 2, "threads": settings.worker_threads, "batch_size": settings.batch_size}
+    assert result["shape"]["fleet"] == result["shape"]["floor"] == want
+    assert result["shape"]["naive"] == {**want, "batch_size": 1}  # one message per expense
+    # alternated, never in blocks; the log level that goes first alternates too
+    assert result["plan"] == [
+        "floor", "fleet INFO", "fleet WARNING", "naive INFO",
+        "floor", "fleet WARNING", "fleet INFO", "naive INFO",
+    ]  # fmt: skip
     for key in ("fleet_per_s", "naive_per_s", "floor_per_s"):
-        assert_summary(result[key], 1)
-    fleet, naive, floor = (result[k]["median"] for k in ("fleet_per_s", "naive_per_s", "floor_per_s"))
-    assert result["fleet_vs_naive"] == round(fleet / naive, 1) > 0
-    assert result["fleet_vs_floor"] == round(fleet / floor, 3) > 0
-    cpu = result["cpu_seconds_during_fleet_reps"]
-    assert "workers" in cpu and set(cpu) <= {"workers", "postgresql", "redis", "bench (producer)", "other"}
-    assert all(seconds > 0 for seconds in cpu.values())  # only components that used the CPU
+        assert_summary(result[key], 2)
+    assert len(result["naive_expenses"]) == len(result["naive_seconds"]) == 2
+    assert all(n > 0 for n in result["naive_expenses"]) and all(s > 0 for s in result["naive_seconds"])
+    for key in ("fleet_vs_floor", "fleet_vs_naive"):  # per-rep ratios of the alternated runs
+        assert result[key]["n"] == 2 and 0 < result[key]["min"] <= result[key]["median"] <= result[key]["max"]
+    logging = result["logging"]
+    assert logging["levels"] == ["INFO", "WARNING"]
+    assert_summary(logging["fleet_warning_per_s"], 2)
+    assert logging["warning_over_info"]["n"] == 2
+    cpu = result["cpu_us_per_expense"]
+    assert set(cpu) == {"fleet", "floor", "naive"}
+    components = {
+        "workers",
+        "postgresql (bench db backends)",
+        "redis (whole server)",
+        "bench (producer)",
+        "floor",
+    }
+    assert "workers" in cpu["fleet"] and "floor" in cpu["floor"] and "workers" in cpu["naive"]
+    for run in cpu.values():
+        assert set(run) <= components and "postgresql (bench db backends)" in run
+        assert all(us >= 0 for us in run.values())
+
+
+def test_bad_input_gets_one_line_and_exit_code_2(settings: Settings) -> None:
+    for args in (["throughput", "--reps", "0"], ["latency", "--rates", "x"], ["cache", "--warmup", "1"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "workers", "bench", *args],
+            env=settings_env(settings),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, args
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert done.stderr.startswith(f"catfleet bench {args[0]}: error: argument {args[1]}"), done.stderr
 
 
 def check_batch_size(result: Any, settings: Settings) -> None:
@@ -89,25 +134,26 @@ def check_batch_size(result: Any, settings: Settings) -> None:
 
 
 def check_latency(result: Any, settings: Settings) -> None:
-    assert result.keys() == {"seconds", "processes", "configs"}
-    assert (result["seconds"], result["processes"]) == (1.0, 2)
+    assert result.keys() == {"samples", "processes", "log_level", "clock", "configs"}
+    assert (result["samples"], result["processes"], result["log_level"]) == (20, 2, "INFO")
     assert result["configs"].keys() == {"idle_poll_10ms_wakeup_off", "idle_poll_10ms_wakeup_on"}
     for config in result["configs"].values():
-        assert list(config) == ["20/s"]
-        got = config["20/s"]
-        assert got.keys() == {"messages", "p50_ms", "p95_ms", "p99_ms"}
-        assert got["messages"] == 20  # 20/s for 1 s
-        assert 0 < got["p50_ms"] <= got["p95_ms"] <= got["p99_ms"]
+        assert list(config) == ["40/s"]
+        got = config["40/s"]
+        assert got.keys() == {"messages", "p50_ms", "p95_ms", "p99_ms", "p99_9_ms", "max_ms"}
+        assert got["messages"] == 20  # --samples per rate
+        assert 0 < got["p50_ms"] <= got["p95_ms"] <= got["p99_ms"] <= got["p99_9_ms"] <= got["max_ms"]
 
 
 def check_scaling(result: Any, settings: Settings) -> None:
     assert result.keys() == {"expenses", "shapes"}
     assert result["expenses"] == 400 and list(result["shapes"]) == ["1p x 2t"]
     shape = result["shapes"]["1p x 2t"]
-    assert shape.keys() == {"per_s", "per_process_per_s", "cpu_seconds"}
+    assert shape.keys() == {"per_s", "per_process_per_s", "cpu_seconds", "cpu_us_per_expense"}
     assert_summary(shape["per_s"], 1)
     assert shape["per_process_per_s"] == round(shape["per_s"]["median"] / 1)
     assert "workers" in shape["cpu_seconds"] and all(v > 0 for v in shape["cpu_seconds"].values())
+    assert shape["cpu_us_per_expense"].keys() == shape["cpu_seconds"].keys()
 
 
 def check_cache(result: Any, settings: Settings) -> None:
@@ -120,16 +166,36 @@ def check_cache(result: Any, settings: Settings) -> None:
     }
     assert result["params"] == {
         "merchants": 300,
-        "expenses": 2000,
+        "expenses": 3000,
         "users": 20,
         "zipf": 1.1,
-        "batch": 500,
+        "batch": 250,
         "reps": 1,
         "l1_max_entries": settings.l1_max_entries,
+        "workers": 3,
+        "warmup": 0.25,
+        "timed_expenses": 1000,
     }
     rates = result["hit_rate_after_warmup"]
-    assert rates.keys() == {"lookups", "l1", "l2", "l3", "cache", "l2_of_l1_misses"}
-    assert isinstance(rates["lookups"], int) and rates["lookups"] > 0
+    assert rates.keys() == {
+        "workers", "lookups", "distinct_keys_first_seen", "l1", "l2", "l3", "cache", "l2_of_l1_misses",
+        "against_ceiling",
+    }  # fmt: skip
+    assert isinstance(rates["lookups"], int) and rates["lookups"] > 0 and rates["workers"] == 3
+    assert 0 < rates["distinct_keys_first_seen"] < rates["lookups"]
+    ceiling = rates["against_ceiling"]
+    assert ceiling.keys() == {"l1", "l2_of_l1_misses", "cache", "cache_misses_by_cause", "l1_misses_by_cause"}
+    for tier in ("l1", "l2_of_l1_misses", "cache"):
+        t = ceiling[tier]
+        assert 0 < t["hit_rate"] <= t["ceiling"] <= 1  # no cache beats its first sightings
+        assert t["of_ceiling"] == pytest.approx(t["hit_rate"] / t["ceiling"], abs=2e-4)
+    assert ceiling["cache"]["hit_rate"] == pytest.approx(rates["cache"], abs=1e-4)
+    assert ceiling["cache"]["ceiling"] == pytest.approx(
+        1 - rates["distinct_keys_first_seen"] / rates["lookups"], abs=1e-4
+    )
+    # every cache miss (an L3 lookup) has a cause, first sightings among them
+    assert sum(ceiling["cache_misses_by_cause"].values()) == pytest.approx(rates["l3"], abs=1e-3)
+    assert ceiling["cache_misses_by_cause"]["first_sighting"] > 0
     # every L1 lookup ends in L1, L2 or L3 (shares rounded to 4 places)
     assert abs(rates["l1"] + rates["l2"] + rates["l3"] - 1) <= 2e-4
     assert abs(rates["cache"] - (rates["l1"] + rates["l2"])) <= 1e-4
@@ -169,11 +235,30 @@ def check_relay(result: Any, settings: Settings) -> None:
     [
         (["batch-size", "--expenses", "400", "--sizes", "50,200", "--reps", "1"], check_batch_size),
         (
-            ["latency", "--rates", "20", "--seconds", "1", "--polls", "10", "--wakeup", "off,on"],
+            ["latency", "--rates", "40", "--samples", "20", "--polls", "10", "--wakeup", "off,on"],
             check_latency,
         ),
         (["scaling", "--expenses", "400", "--shapes", "1x2", "--reps", "1"], check_scaling),
-        (["cache", "--expenses", "2000", "--merchants", "300", "--reps", "1"], check_cache),
+        (
+            [
+                "cache",
+                "--expenses",
+                "3000",
+                "--merchants",
+                "300",
+                "--reps",
+                "1",
+                "--batch",
+                "250",
+                "--workers",
+                "3",
+                "--warmup",
+                "0.25",
+                "--timed",
+                "1000",
+            ],
+            check_cache,
+        ),
         (["relay", "--expenses", "300", "--samples", "5", "--rate", "50"], check_relay),
     ],
     ids=["batch-size", "latency", "scaling", "cache", "relay"],

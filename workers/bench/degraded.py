@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from workers.bench.cache import DOWN_URL, load_bench_data
-from workers.bench.env import BenchEnv, summarize
+from workers.bench.env import BenchEnv, batch_log_level, summarize
 from workers.bench.memory import clear_l2
 from workers.bench.scenarios import _fleet_rate
 from workers.config import env_name
@@ -69,7 +69,7 @@ def degraded(
         extra = {
             env_name("cache_prefix"): prefix,
             env_name("cache_url"): url[mode],
-            env_name("log_level"): "INFO",
+            env_name("log_level"): batch_log_level(env),
         }
         with env.workers(label, processes=processes, **extra):
             rate = _fleet_rate(env, ids, batch_size=env.settings.batch_size)

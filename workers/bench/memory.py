@@ -183,10 +183,9 @@ def memory(
                 idle_window = (t_idle, time.monotonic())
                 for rep in range(reps):
                     env.reset_results()
-                    started, wall = time.monotonic(), time.time()
+                    started, t0 = time.monotonic(), time.perf_counter()
                     Producer(env.app.broker, batch_size=env.settings.batch_size).enqueue(ids)
-                    env.wait_rows(len(ids))
-                    rates.append(len(ids) / (env.last_commit_epoch() - wall))
+                    rates.append(len(ids) / (env.wait_rows(len(ids)) - t0))
                     sampler.sample()
                     windows.append((started, time.monotonic()))
                     say(f"  rep {rep + 1}: {rates[-1]:,.0f} expenses/s, RSS now {_now(sampler, pids)}")

@@ -1,8 +1,10 @@
-"""The naive fleet, the baseline of the throughput benchmark: what the Rails engine did.
+"""The naive fleet, the baseline of the throughput benchmark: the plain one-at-a-time design.
 
-One message per expense; per message one SELECT of the expense, every pattern of the user
-loaded and compiled, one INSERT. Same broker, middleware, matcher and database as the fleet.
-Boot it with ``catfleet worker --boot workers.bench.naive:broker``.
+One message per expense; per message one SELECT of the expense, one SELECT of the merchant
+patterns for its keys (global and the user's: per-expense queries, no cache), the rule set
+compiled once per process and ruleset version (never per message), one upsert of one row. Same
+broker, middleware, matcher and database as the fleet. Boot it with
+``catfleet worker --boot workers.bench.naive:broker``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,7 @@ import dramatiq
 
 from pipeline.matcher import Thresholds, decide, merchant_hits
 from pipeline.normalize import merchant_keys, normalize_merchant
-from pipeline.rules import Ruleset
 from pipeline.stores import WriteMeta, expense_from_row, pattern_from_row
-from schemas import PatternKind
 from workers.app import build_app
 from workers.config import settings_from_env
 from workers.logs import setup_logging
@@ -29,9 +29,10 @@ SELECT e.id, e.user_id, e.merchant_name, e.description, e.amount::float8, e.curr
        e.transaction_time, (SELECT version FROM ruleset)
 FROM expenses e WHERE e.id = %s AND e.deleted_at IS NULL
 """
-LOAD_PATTERNS = """
+LOAD_MERCHANT_PATTERNS = """
 SELECT id, user_id, category_id, kind, value, weight FROM categorization_patterns
-WHERE active AND (user_id IS NULL OR user_id = %s)
+WHERE kind = 'merchant' AND active AND value = ANY(%s) AND (user_id IS NULL OR user_id = %s)
+ORDER BY id
 """
 
 
@@ -45,17 +46,19 @@ def declare_naive_actor(broker: dramatiq.Broker, holder: RuntimeHolder) -> drama
             if row is None:
                 return
             expense = expense_from_row(row)
-            patterns = [
-                pattern_from_row(r) for r in conn.execute(LOAD_PATTERNS, (expense.user_id,)).fetchall()
-            ]
+            keys = merchant_keys(normalize_merchant(expense.merchant_name))
+            rows = conn.execute(LOAD_MERCHANT_PATTERNS, (list(keys), expense.user_id)).fetchall()
         merchants: dict[tuple[int, str], tuple[Any, ...]] = {}
-        for p in patterns:
-            if p.kind is PatternKind.MERCHANT:
-                key = (p.user_id or 0, p.value)
-                merchants[key] = (*merchants.get(key, ()), p)
-        keys = merchant_keys(normalize_merchant(expense.merchant_name))
+        for p in map(pattern_from_row, rows):
+            key = (p.user_id or 0, p.value)
+            merchants[key] = (*merchants.get(key, ()), p)
         hits = merchant_hits(expense.user_id, keys, merchants)
-        hits += Ruleset(row[8], patterns).match(expense, keys[0] if keys else "")
+        rules = runtime.categorizer.resolver.rules(row[8])  # compiled once per process and version
+        hits += [
+            h
+            for h in rules.match(expense, keys[0] if keys else "")
+            if h.pattern.user_id is None or h.pattern.user_id == expense.user_id
+        ]
         runtime.categorizer.writer.upsert(
             [(expense.id, decide(hits, thresholds))], WriteMeta(ruleset_version=row[8])
         )

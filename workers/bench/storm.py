@@ -59,12 +59,11 @@ def _dead_letters(env: BenchEnv) -> int:
 
 def _wait_all(env: BenchEnv, total: int, timeout: float) -> float | None:
     """Monotonic time at which every expense had its row; None after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _counts(env)[1] >= total:
-            return time.monotonic()
-        time.sleep(0.05)
-    return None
+    try:
+        env.wait_rows(total, timeout=timeout)  # the listener: no polling query on the server
+    except RuntimeError:
+        return None
+    return time.monotonic()
 
 
 def _respawned(supervisor: int, killed: int, processes: int, timeout: float = 10.0) -> float | None:
@@ -111,12 +110,12 @@ def storm(
     with env.workers("storm", processes=processes, **overrides) as proc:
         t0 = time.monotonic()
         Producer(env.app.broker, batch_size=batch).enqueue(ids)
-        while time.monotonic() - t0 < duration and _counts(env)[1] < total:
+        while time.monotonic() - t0 < duration and env.count() < total:
             next_kill = t0 + (len(kills) + 1) * interval
-            while time.monotonic() < next_kill and _counts(env)[1] < total:
+            while time.monotonic() < next_kill and env.count() < total:
                 time.sleep(0.05)
             pids = worker_pids(proc.pid)
-            if not pids or _counts(env)[1] >= total or time.monotonic() - t0 >= duration:
+            if not pids or env.count() >= total or time.monotonic() - t0 >= duration:
                 break
             victim = rng.choice(pids)
             os.kill(victim, signal.SIGKILL)
@@ -125,7 +124,7 @@ def storm(
                 {
                     "at_s": round(at - t0, 2),
                     "pid": victim,
-                    "rows": _counts(env)[1],
+                    "rows": env.count(),
                     "respawn_s": _round(_respawned(proc.pid, victim, processes)),
                 }
             )

@@ -9,12 +9,20 @@ import inspect
 import json
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from workers.settings import Settings
+
+#: The log levels ``--log-level`` takes; every bench defaults to production's (the settings' default).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: ``bench cache``'s default stream: over a million key lookups after the warm-up (about 2.3 per
+#: expense after the per-batch de-duplication, see the README's *Cache benchmark*).
+CACHE_EXPENSES = 600_000
+PRODUCTION_LOG_LEVEL: str = Settings().log_level
 
 if TYPE_CHECKING:  # the scenarios import psycopg and redis
     from workers.bench.env import BenchEnv
@@ -24,8 +32,42 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad input: one line on stderr (``catfleet bench SCENARIO: error: ...``), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
+
+
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
-    return lambda text: [kind(x) for x in text.split(",")]
+    def parse(text: str) -> list[Any]:
+        return [kind(x) for x in text.split(",")]
+
+    return parse
 
 
 def _on_off(text: str) -> bool:
@@ -35,70 +77,100 @@ def _on_off(text: str) -> bool:
 
 
 def _shapes(text: str) -> list[tuple[int, int]]:
-    return [(int(p), int(t)) for p, t in (s.split("x") for s in text.split(","))]
+    try:
+        shapes = [(int(p), int(t)) for p, t in (s.split("x") for s in text.split(","))]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PROCESSESxTHREADS,..., got {text!r}") from None
+    if any(p < 1 or t < 1 for p, t in shapes):
+        raise argparse.ArgumentTypeError(f"processes and threads must be positive, got {text!r}")
+    return shapes
 
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("bench", help="benchmarks on the configured servers (a throwaway database)")
-    scenarios_sub = parser.add_subparsers(dest="scenario", required=True)
+    scenarios_sub = parser.add_subparsers(dest="scenario", required=True, parser_class=OneLineParser)
+    count, number = _positive(int), _positive(float)
 
     def scenario(
         name: str, help: str, *, expenses: int = 200_000, reps: bool = True
     ) -> argparse.ArgumentParser:
         p = scenarios_sub.add_parser(name, help=help)
-        p.add_argument("--expenses", type=int, default=expenses, help="expenses in the data set")
+        p.add_argument("--expenses", type=count, default=expenses, help="expenses in the data set")
         if reps:
-            p.add_argument("--reps", type=int, default=3, help="repetitions per figure (median, min, max)")
-        p.add_argument("--processes", type=int, default=2, help="worker processes")
+            p.add_argument("--reps", type=count, default=3, help="repetitions per figure (median, min, max)")
+        p.add_argument("--processes", type=count, default=2, help="worker processes")
+        p.add_argument(
+            "--log-level",
+            choices=LOG_LEVELS,
+            default=PRODUCTION_LOG_LEVEL,
+            help="log level of the workers (default: production's, %(default)s)",
+        )
         p.add_argument("--json", dest="json_path", help="where to write the JSON result")
         p.set_defaults(func=run)
         return p
 
-    p = scenario("throughput", "the fleet vs the naive fleet vs the PostgreSQL floor")
-    p.add_argument("--naive", type=int, default=10_000, help="expenses sent through the naive fleet")
+    scenario(
+        "throughput",
+        "the fleet vs the PostgreSQL floor in its shape vs the plain naive fleet, and the logging cost",
+    )
     p = scenario("batch-size", "expenses/s and p95 batch latency per batch size", expenses=100_000)
-    p.add_argument("--sizes", type=_csv(int), default=[50, 200, 500, 1000])
-    p = scenario("latency", "enqueue-to-commit latency at steady rates, per idle-poll setting", reps=False)
-    p.add_argument("--rates", type=_csv(float), default=[10.0, 200.0], help="messages per second")
-    p.add_argument("--seconds", type=float, default=10.0, help="seconds per rate")
-    p.add_argument("--polls", type=_csv(int), default=[1000, 100], help="idle poll caps (ms) to compare")
+    p.add_argument("--sizes", type=_csv(count), default=[50, 200, 500, 1000])
+    p = scenario("latency", "enqueue-to-commit (after COMMIT) latency at steady rates", reps=False)
+    p.add_argument("--rates", type=_csv(number), default=[10.0, 200.0], help="messages per second")
+    p.add_argument("--samples", type=count, default=2000, help="messages (latency samples) per rate")
+    p.add_argument("--polls", type=_csv(count), default=[1000], help="idle poll caps (ms) to compare")
     p.add_argument(
         "--wakeup",
         dest="wakeups",
         metavar="WAKEUP",
         type=_csv(_on_off),
-        default=[False, True],
-        help="consumer wake-up off,on to compare",
+        default=[True],
+        help="consumer wake-up settings to compare: on, off or off,on",
     )
     p = scenario("scaling", "processes x threads on the same load, with CPU per component", expenses=100_000)
     p.add_argument("--shapes", type=_shapes, default=[(1, 4), (2, 4), (2, 8)], help="e.g. 1x4,2x4")
     scenario("profile", "the worker's hot path in-process under cProfile", expenses=20_000, reps=False)
     p = scenario(
-        "cache", "pattern-cache hit rate per tier (Zipf) and throughput, L2 healthy vs down", expenses=40_000
+        "cache",
+        "pattern-cache hit rate per tier against its first-sighting ceiling (Zipf), throughput L2 healthy vs down",
+        expenses=CACHE_EXPENSES,
     )
-    p.add_argument("--merchants", type=int, default=20_000, help="distinct merchants")
-    p.add_argument("--users", type=int, default=20)
-    p.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of the merchant stream")
-    p.add_argument("--batch", type=int, default=500, help="expenses per batch")
+    p.add_argument("--merchants", type=count, default=20_000, help="distinct merchants")
+    p.add_argument("--users", type=count, default=20)
+    p.add_argument("--zipf", type=number, default=1.1, help="Zipf exponent of the merchant stream")
+    p.add_argument("--batch", type=count, default=500, help="expenses per batch")
+    p.add_argument("--workers", type=count, default=4, help="simulated worker processes (own L1, shared L2)")
+    p.add_argument("--warmup", type=_fraction, default=0.2, help="share of the stream before counting")
+    p.add_argument("--timed", type=count, default=20_000, help="expenses per timed run (L2 healthy vs down)")
     p = scenario(
         "relay", "outbox -> relay -> workers: burst throughput and added latency", expenses=50_000, reps=False
     )
-    p.add_argument("--relays", type=int, default=1, help="relay processes")
-    p.add_argument("--samples", type=int, default=200, help="single-expense transactions for latency")
-    p.add_argument("--rate", type=float, default=20.0, help="their rate per second")
+    p.add_argument("--relays", type=_positive(int), default=1, help="relay processes")
+    p.add_argument(
+        "--samples", type=_positive(int), default=200, help="single-expense transactions for latency"
+    )
+    p.add_argument("--rate", type=_positive(float), default=20.0, help="their rate per second")
 
     _memory_and_degraded(scenario)
     p = scenario(
         "storm", "kill -9 a random worker process every few seconds: nothing lost, calm vs storm", reps=False
     )
-    p.add_argument("--interval", type=float, default=3.0, help="seconds between kills")
+    p.add_argument("--interval", type=_positive(float), default=3.0, help="seconds between kills")
     p.add_argument(
-        "--duration", type=float, default=60.0, help="seconds of kills (they stop once all is done)"
+        "--duration",
+        type=_positive(float),
+        default=60.0,
+        help="seconds of kills (they stop once all is done)",
     )
     p.add_argument(
-        "--restart-limit", type=int, default=1000, help="CATFLEET_WORKER_RESTART_LIMIT of the fleet"
+        "--restart-limit",
+        type=_positive(int),
+        default=1000,
+        help="CATFLEET_WORKER_RESTART_LIMIT of the fleet",
     )
-    p.add_argument("--drain-timeout", type=float, default=300.0, help="longest wait for every row (s)")
+    p.add_argument(
+        "--drain-timeout", type=_positive(float), default=300.0, help="longest wait for every row (s)"
+    )
 
     p = scenarios_sub.add_parser(
         "quality", help="learn from the earlier months' labels, categorize the later months, score each band"
@@ -119,6 +191,16 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="the report as one JSON object")
     p.set_defaults(func=run_quality)
 
+    p = scenarios_sub.add_parser(
+        "console", help="console pages timed with N dead letters and M worker records; broker commands/s"
+    )
+    p.add_argument("--letters", type=count, default=100_000, help="dead letters in Redis")
+    p.add_argument("--workers", type=count, default=20, help="worker process records (with heartbeats)")
+    p.add_argument("--reps", type=count, default=15, help="requests per page after the first")
+    p.add_argument("--watch", type=number, default=10.0, help="seconds the broker's commands are counted")
+    p.add_argument("--json", action="store_true", help="the report as one JSON object")
+    p.set_defaults(func=run_console)
+
 
 def _memory_and_degraded(scenario: Callable[..., argparse.ArgumentParser]) -> None:
     p = scenario(
@@ -127,16 +209,18 @@ def _memory_and_degraded(scenario: Callable[..., argparse.ArgumentParser]) -> No
         expenses=1_000_000,
     )
     p.set_defaults(reps=2)
-    p.add_argument("--patterns", type=int, default=1_000_000, help="global merchant patterns (in L2 too)")
-    p.add_argument("--users", type=int, default=1_000)
-    p.add_argument("--idle", type=float, default=5.0, help="seconds of idle baseline after boot")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between RSS samples")
+    p.add_argument(
+        "--patterns", type=_positive(int), default=1_000_000, help="global merchant patterns (in L2 too)"
+    )
+    p.add_argument("--users", type=_positive(int), default=1_000)
+    p.add_argument("--idle", type=_positive(float), default=5.0, help="seconds of idle baseline after boot")
+    p.add_argument("--interval", type=_positive(float), default=1.0, help="seconds between RSS samples")
     p = scenario(
         "degraded", "end-to-end throughput, pattern cache healthy vs down (L2 unreachable)", expenses=100_000
     )
-    p.add_argument("--merchants", type=int, default=50_000, help="distinct merchants")
-    p.add_argument("--users", type=int, default=20)
-    p.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of the merchant stream")
+    p.add_argument("--merchants", type=_positive(int), default=50_000, help="distinct merchants")
+    p.add_argument("--users", type=_positive(int), default=20)
+    p.add_argument("--zipf", type=_positive(float), default=1.1, help="Zipf exponent of the merchant stream")
 
 
 def _scenarios() -> dict[str, Callable[..., dict[str, Any]]]:
@@ -191,11 +275,30 @@ def run_quality(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_console(settings: Settings, args: argparse.Namespace) -> int:
+    """A private redis-server and a throwaway database; a real ``catfleet console`` timed."""
+    import msgspec
+
+    from workers.bench import console
+
+    with tempfile.TemporaryDirectory(prefix="catfleet-bench-console-") as tmp:
+        report = console.run(
+            settings,
+            letters=args.letters,
+            processes=args.workers,
+            reps=args.reps,
+            watch_s=args.watch,
+            log=Path(tmp) / "console.log",
+        )
+    print(msgspec.json.encode(report).decode() if args.json else console.render(report))
+    return 0
+
+
 def run(settings: Settings, args: argparse.Namespace) -> int:
     from workers.bench.env import bench_env, write_results
 
     started = time.time()
-    with bench_env(settings) as env:
+    with bench_env(settings, log_level=args.log_level) as env:
         result = _run_scenario(env, args)
     doc = {
         "scenario": args.scenario,
@@ -206,7 +309,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
-        "settings": {"batch_size": settings.batch_size, "worker_threads": settings.worker_threads},
+        "settings": {
+            "batch_size": settings.batch_size,
+            "worker_threads": settings.worker_threads,
+            "log_level": args.log_level,
+        },
         "result": result,
     }
     path = write_results(args.scenario, doc, args.json_path)
