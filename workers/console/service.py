@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Any
 
+import cachetools
 import msgspec
 
 from pipeline.db import Database
@@ -33,6 +34,9 @@ from workers.status import Status, collect_status
 
 #: Most dead letters or patterns on one page.
 MAX_PAGE = 200
+#: The filter drop-downs' counts (per queue, actor, error type) are reused this long (s): they
+#: are a GROUP BY over the dead-letter index, the costliest part of a dead-letters page.
+FACETS_TTL_S = 10.0
 
 
 class Overview(msgspec.Struct, kw_only=True):
@@ -57,7 +61,10 @@ class Console:
         self.audit = PostgresAuditLog(self.audit_db)
         self.dead: DeadLetterStore = self.backend.dead_letters(self.audit)
         self.patterns = PatternAdmin(self.db)
-        self._lock = threading.Lock()
+        self._facets_lock = threading.Lock()
+        self._facets: cachetools.TTLCache[str, dict[str, dict[str, int]]] = cachetools.TTLCache(
+            maxsize=1, ttl=FACETS_TTL_S
+        )
 
     def close(self) -> None:
         self.dead.close()
@@ -103,7 +110,9 @@ class Console:
     def dead_letters(self, filter: DeadLetterFilter, *, offset: int = 0, limit: int = 50) -> Page:
         return self.dead.page(filter, offset=max(offset, 0), limit=min(max(limit, 1), MAX_PAGE))
 
+    @cachetools.cachedmethod(lambda self: self._facets, lock=lambda self: self._facets_lock)
     def facets(self) -> dict[str, dict[str, int]]:
+        """Counts for the filter drop-downs, at most ``FACETS_TTL_S`` old."""
         return self.dead.facets()
 
     def dead_letter(self, message_id: str) -> DeadLetter | None:
@@ -119,6 +128,8 @@ class Console:
         limit: int | None = None,
         rate: float | None = None,
     ) -> ActionReport:
+        if not dry_run:
+            self._facets.clear()  # the counts move with the letters
         if action == "replay":
             return self.dead.replay(filter, dry_run=dry_run, limit=limit, rate=rate, operator=operator)
         if action == "purge":
