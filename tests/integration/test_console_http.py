@@ -18,6 +18,7 @@ import pytest
 
 from tests.support.console import Console
 from tests.support.services import run_catfleet
+from workers.backends.base import FLEET_QUEUES
 from workers.harness.processes import free_port
 from workers.settings import Settings
 
@@ -67,7 +68,7 @@ def test_every_request_is_signed_in_and_a_viewer_only_looks(own: Settings, tmp_p
         status, body = call(f"{base}/api/status", user=("vic", "vic-pw"))
         assert status == 200
         shown = json.loads(body)
-        assert {q["queue"] for q in shown["queues"]} == {"categorize", "learn"}
+        assert [q["queue"] for q in shown["queues"]] == list(FLEET_QUEUES)
         # the numbers are catfleet status --json's
         cli = json.loads(run_catfleet(own, "status", "--json").stdout)
         assert [q["ready"] for q in shown["queues"]] == [q["ready"] for q in cli["queues"]]
