@@ -2,7 +2,7 @@
 Redis and PostgreSQL: sign in, watch a paused queue's depth hold and then fall live while the
 worker drains it, find a dead letter by expense ID, replay it and see its row written, and a
 viewer refused an action. Screenshots go to the test's directory (and to
-``CATFLEET_SCREENSHOTS`` when set)."""
+``CONSOLE_SCREENSHOTS`` when set)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def browser() -> Iterator[Browser]:
 
 def shot(page: Page, tmp_path: Path, name: str) -> None:
     page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
-    if out := os.environ.get("CATFLEET_SCREENSHOTS"):
+    if out := os.environ.get("CONSOLE_SCREENSHOTS"):
         Path(out).mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(Path(out) / f"{name}.png"), full_page=True)
 
@@ -113,7 +113,7 @@ def test_an_operator_works_the_fleet_from_the_browser(
         # the workers page shows the live process
         page.click("nav >> text=Workers")
         expect(page.locator("#processes tbody tr")).to_have_count(1)
-        expect(page.locator("#processes")).to_contain_text("categorize, learn")
+        expect(page.locator("#processes")).to_contain_text("categorize, categorize_bulk, learn")
         shot(page, tmp_path, "workers")
 
         # a poisoned expense is dead-lettered; find it by its expense id
