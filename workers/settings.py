@@ -64,12 +64,21 @@ class Settings(PipelineSettings, frozen=True, kw_only=True, forbid_unknown_field
     #: ``worker_restart_window_s`` is a crash loop: it stops every process and exits non-zero.
     worker_restart_limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10
     worker_restart_window_s: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 60
+    #: RabbitMQ broker: ``classic`` queues (one node's) or ``quorum`` queues (replicated over the
+    #: cluster): ``categorize``, ``learn``, their delay and dead-letter queues, the fleet's queues
+    #: with a delivery limit of ``max_deliveries``. An existing queue of the other type is refused,
+    #: never redeclared.
+    rabbitmq_queue_type: Literal["classic", "quorum"] = "classic"
     #: A message larger than this (bytes, as stored by the broker) is dead-lettered at once with
     #: ``MessageTooLarge``, before it is decoded (10,000 IDs of 19 digits take ~200 KB).
     max_message_bytes: Annotated[int, msgspec.Meta(ge=1_024, le=67_108_864)] = DEFAULT_MAX_MESSAGE_BYTES
     #: Every worker process refreshes its record in the fleet's state (what it runs, for
     #: ``catfleet status`` and the console) and reads the paused queues this often (ms).
     fleet_beat_ms: Annotated[int, msgspec.Meta(ge=100, le=60_000)] = 1_000
+    #: After a correction is learned, at most this many of the user's other expenses from the
+    #: same (normalized) merchant that are not the user's own choice are re-categorized on the
+    #: bulk lane (the newest first); 0: off.
+    correction_reach_limit: Annotated[int, msgspec.Meta(ge=0, le=MAX_BATCH_IDS * 10)] = 1_000
     #: Log level and format (``json`` or ``text``).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"

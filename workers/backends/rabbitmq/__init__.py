@@ -1,11 +1,14 @@
 """The RabbitMQ backend: Dramatiq's RabbitMQ broker with publisher confirms; the failure log and
-delivery counter in PostgreSQL; dead letters in ``<queue>.XQ``; statistics from queue declares."""
+delivery counter in PostgreSQL; dead letters in ``<queue>.XQ``; statistics from queue declares.
+Classic or quorum queues (``CATFLEET_RABBITMQ_QUEUE_TYPE``, ``queues``); a broker URL may name
+several nodes of a cluster (``urls``), tried in turn by every connection."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
@@ -15,9 +18,12 @@ from dramatiq.middleware import Middleware
 from pipeline.settings import KEEPALIVE_COUNT, KEEPALIVE_INTERVAL_S
 from workers.backends.base import FLEET_QUEUES, Backend, Check, QueueStats
 from workers.backends.rabbitmq.broker import FleetRabbitmqBroker
+from workers.backends.rabbitmq.clusterdlq import ClusterDeadLetterStore
 from workers.backends.rabbitmq.deadletters import RabbitmqDeadLetterStore
 from workers.backends.rabbitmq.fleetstate import PostgresFleetState
+from workers.backends.rabbitmq.queues import QueueMismatch
 from workers.backends.rabbitmq.records import PostgresDeliveryCounter, PostgresFailureLog
+from workers.backends.rabbitmq.urls import node_urls
 from workers.dlq.base import AuditLog
 from workers.failures import LazyDatabase
 from workers.settings import Settings
@@ -48,11 +54,15 @@ class RabbitmqBackend(Backend):
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
-        self.url = fail_fast_url(
-            settings.broker_url,
-            keepalive_s=settings.tcp_keepalive_s,
-            user_timeout_ms=settings.tcp_user_timeout_ms,
-        )
+        #: One URL per node of the broker URL (``urls.node_urls``), each with the fail-fast options.
+        self.urls = [
+            fail_fast_url(
+                u, keepalive_s=settings.tcp_keepalive_s, user_timeout_ms=settings.tcp_user_timeout_ms
+            )
+            for u in node_urls(settings.broker_url)
+        ]
+        #: The URL of a single node; with several, Dramatiq's form (``;`` separated).
+        self.url = ";".join(self.urls)
         self.database = LazyDatabase(settings.database_url)
         self._failures = PostgresFailureLog(self.database)
         self._deliveries = PostgresDeliveryCounter(self.database)
@@ -69,18 +79,29 @@ class RabbitmqBackend(Backend):
 
     def _make_broker(self, middleware: list[Middleware]) -> dramatiq.Broker:
         return FleetRabbitmqBroker(
-            url=self.url,
+            url=self.urls,
             confirm_delivery=True,
             middleware=middleware,
             failure_log=self._failures,
             max_message_bytes=self.settings.max_message_bytes,
+            **self._queue_options(),
         )
+
+    def _queue_options(self) -> dict[str, Any]:
+        return {
+            "queue_type": self.settings.rabbitmq_queue_type,
+            "delivery_limit": self.settings.max_deliveries,
+        }
 
     def dead_letters(
         self, audit: AuditLog, *, queues: Sequence[str] = FLEET_QUEUES
     ) -> RabbitmqDeadLetterStore:
         """``queues``' dead letters (AMQP cannot list queues)."""
-        return RabbitmqDeadLetterStore(self.url, queues, failures=self._failures, audit=audit)
+        if len(self.urls) == 1 and self.settings.rabbitmq_queue_type == "classic":
+            return RabbitmqDeadLetterStore(self.url, queues, failures=self._failures, audit=audit)
+        return ClusterDeadLetterStore(
+            self.urls, queues, failures=self._failures, audit=audit, **self._queue_options()
+        )
 
     def fleet_state(self) -> PostgresFleetState:
         """In PostgreSQL (AMQP has nowhere to keep records)."""
@@ -104,7 +125,9 @@ class RabbitmqBackend(Backend):
     def _statistics_broker(self) -> FleetRabbitmqBroker:
         with self._lock:
             if self._stats_broker is None:
-                self._stats_broker = FleetRabbitmqBroker(url=self.url, confirm_delivery=True, middleware=[])
+                self._stats_broker = FleetRabbitmqBroker(
+                    url=self.urls, confirm_delivery=True, middleware=[], **self._queue_options()
+                )
             return self._stats_broker
 
     @classmethod
@@ -158,9 +181,10 @@ class RabbitmqBackend(Backend):
 
     def check(self) -> Check:
         try:
-            params = pika.URLParameters(self.url)
-            params.socket_timeout = params.blocked_connection_timeout = CHECK_TIMEOUT_S
-            pika.BlockingConnection(params).close()
+            nodes = [pika.URLParameters(u) for u in self.urls]
+            for params in nodes:
+                params.socket_timeout = params.blocked_connection_timeout = CHECK_TIMEOUT_S
+            pika.BlockingConnection(nodes).close()  # any node that answers
         except Exception as exc:
             return Check.failed(exc)
         return Check(ok=True)
@@ -177,4 +201,10 @@ class RabbitmqBackend(Backend):
         self.database.close()
 
 
-__all__ = ["PostgresFailureLog", "RabbitmqBackend", "RabbitmqDeadLetterStore"]
+__all__ = [
+    "ClusterDeadLetterStore",
+    "PostgresFailureLog",
+    "QueueMismatch",
+    "RabbitmqBackend",
+    "RabbitmqDeadLetterStore",
+]

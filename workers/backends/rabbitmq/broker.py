@@ -1,20 +1,37 @@
 """Dramatiq's RabbitMQ broker with the fleet's batched enqueue: every message is published with
 publisher confirms, one by one (AMQP confirms each publish; there is no multi-message round trip
 to share as on Redis). Its consumer dead-letters a body over ``max_message_bytes`` before
-Dramatiq decodes it (``MessageTooLarge``, recorded in the failure log when there is one)."""
+Dramatiq decodes it (``MessageTooLarge``, recorded in the failure log when there is one).
+
+It declares classic or quorum queues (``workers.backends.rabbitmq.queues``); a queue that exists
+with other arguments raises ``QueueMismatch`` (one line, how to migrate), and a worker process
+that meets one exits (``EXIT_QUEUE_MISMATCH``) instead of retrying a declare that cannot succeed."""
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
 import pika.exceptions
+from dramatiq.broker import Consumer
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
+from dramatiq.common import dq_name, xq_name
 from dramatiq.errors import ConnectionClosed
 
+from workers.backends.rabbitmq.queues import (
+    QueueMismatch,
+    QueueType,
+    dead_letter_arguments,
+    mismatch,
+    other,
+    queue_arguments,
+)
 from workers.dlq.base import canonical_queue
 from workers.failures import FailureLog, FailureRecord
 from workers.fleet.gate import PauseGate
@@ -24,6 +41,9 @@ from workers.settings import DEFAULT_MAX_MESSAGE_BYTES
 #: (a body over the limit is never decoded). Without a match the record goes under the tag.
 _MESSAGE_ID = re.compile(rb'"message_id"\s*:\s*"([0-9A-Za-z_.:-]{1,200})"')
 _TAIL_BYTES = 4096
+#: Exit code of a worker process whose queue exists with other arguments (a crash loop to its
+#: supervisor: the fleet cannot run until an operator migrates the queue).
+EXIT_QUEUE_MISMATCH = 2
 
 
 class FleetRabbitmqBroker(RabbitmqBroker):
@@ -32,11 +52,17 @@ class FleetRabbitmqBroker(RabbitmqBroker):
         *,
         failure_log: FailureLog | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        queue_type: QueueType = "classic",
+        delivery_limit: int | None = None,
         **kwargs: Any,
     ):
+        """``queue_type`` and ``delivery_limit`` (quorum queues' ``x-delivery-limit``): see
+        ``workers.backends.rabbitmq.queues``; the rest is Dramatiq's ``RabbitmqBroker``'s."""
         super().__init__(**kwargs)
         self.failure_log = failure_log
         self.max_message_bytes = max_message_bytes
+        self.queue_type: QueueType = queue_type
+        self.delivery_limit = delivery_limit
         #: Queues an operator paused (refreshed by the presence middleware in worker processes).
         self.pause_gate = PauseGate()
 
@@ -47,6 +73,57 @@ class FleetRabbitmqBroker(RabbitmqBroker):
     def enqueue_many(self, messages: list[dramatiq.Message[Any]]) -> None:
         for message in messages:
             self.enqueue(message)
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
+        """Dramatiq's, except that a queue of the wrong type or arguments ends the process with
+        one line: Dramatiq's consumer thread would retry the declare every few seconds forever."""
+        try:
+            return super().consume(queue_name, prefetch, timeout)
+        except QueueMismatch as exc:
+            self.logger.critical("%s", exc)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_QUEUE_MISMATCH)
+
+    def _declare_queue(self, queue_name: str) -> Any:
+        return self._declare(queue_name, self._arguments(queue_name, self.queue_type))
+
+    def _declare_dq_queue(self, queue_name: str) -> Any:
+        return self._declare(dq_name(queue_name), self._arguments(dq_name(queue_name), self.queue_type))
+
+    def _declare_xq_queue(self, queue_name: str) -> Any:
+        return self._declare(xq_name(queue_name), self._arguments(xq_name(queue_name), self.queue_type))
+
+    def _arguments(self, name: str, queue_type: QueueType) -> dict[str, Any]:
+        """What the fleet declares ``name`` (a queue, ``.DQ`` or ``.XQ``) with, for ``queue_type``."""
+        if name.endswith(".XQ"):
+            return dead_letter_arguments(queue_type)
+        limit = None if name.endswith(".DQ") else self.delivery_limit
+        return queue_arguments(queue_type, name, delivery_limit=limit)
+
+    def _declare(self, name: str, arguments: dict[str, Any]) -> Any:
+        """A durable queue with these arguments; ``QueueMismatch`` if it exists with others."""
+        try:
+            return self.channel.queue_declare(queue=name, durable=True, arguments=arguments)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 406 or mismatch(exc.reply_text, self.queue_type) is None:
+                raise
+            del self.channel  # closed by the broker: the next call opens a new one
+            found = mismatch(exc.reply_text, self.queue_type, existing=self._existing_type(name))
+            assert found is not None
+            raise found from None
+
+    def _existing_type(self, name: str) -> QueueType | None:
+        """``name``'s type if it is the other type's queue as the fleet declares it: a declare with
+        exactly its arguments changes nothing. None otherwise (or if that cannot be asked)."""
+        kind = other(self.queue_type)
+        try:
+            self.channel.queue_declare(queue=name, durable=True, arguments=self._arguments(name, kind))
+            return kind
+        except (pika.exceptions.AMQPChannelError, pika.exceptions.AMQPConnectionError):
+            del self.channel
+            return None
 
 
 class _BoundedRabbitmqConsumer(_RabbitmqConsumer):
