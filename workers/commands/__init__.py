@@ -17,7 +17,6 @@ from types import ModuleType
 from pipeline.errors import CatfleetError, SettingsError
 from workers.backends import backend_class
 from workers.commands import (
-    backfill,
     bench,
     categories,
     console,
@@ -41,7 +40,6 @@ COMMANDS: tuple[ModuleType, ...] = (
     migrate,
     worker,
     enqueue,
-    backfill,
     demo,
     status,
     exporter,
