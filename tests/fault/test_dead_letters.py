@@ -31,19 +31,6 @@ from workers.settings import Settings
 
 pytestmark = pytest.mark.fault
 
-POISON = """
-CREATE TABLE poison (expense_id bigint PRIMARY KEY);
-CREATE FUNCTION poison_check() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF EXISTS (SELECT 1 FROM poison WHERE expense_id = NEW.expense_id) THEN
-    RAISE EXCEPTION 'poisoned expense %', NEW.expense_id USING ERRCODE = 'serialization_failure';
-  END IF;
-  RETURN NEW;
-END $$;
-CREATE TRIGGER poison_check BEFORE INSERT OR UPDATE ON categorizations
-  FOR EACH ROW EXECUTE FUNCTION poison_check();
-"""
-
 
 def dlq(settings: Settings, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
@@ -77,7 +64,7 @@ def test_poison_batch_is_dead_lettered_then_replayed_once(tmp_path: Path) -> Non
         psycopg.connect(settings.database_url, autocommit=True) as conn,
     ):
         data.seed_patterns(conn, data.reset(conn))
-        conn.execute(POISON)
+        conn.execute(data.POISON)
         bad = data.add_expenses(conn, ["STARBUCKS"] * 20)
         good = data.add_expenses(conn, ["WALMART"] * 20)
         conn.execute("INSERT INTO poison SELECT unnest(%s::bigint[])", (bad[:1],))
@@ -122,7 +109,7 @@ def test_replay_killed_halfway_then_rerun_loses_and_duplicates_nothing(tmp_path:
         psycopg.connect(settings.database_url, autocommit=True) as conn,
     ):
         data.seed_patterns(conn, data.reset(conn))
-        conn.execute(POISON)
+        conn.execute(data.POISON)
         ids = data.add_expenses(conn, ["UBER *TRIP"] * 200)
         conn.execute("INSERT INTO poison SELECT unnest(%s::bigint[])", (ids,))
         app = build_app(settings)
