@@ -542,40 +542,51 @@ ON CONFLICT ON CONSTRAINT categorization_patterns_uniq DO UPDATE SET
 RETURNING id, (xmax = 0) AS created
 """
 
-# The fleet's state (workers.fleet.state) for the RabbitMQ broker: migration 0009.
+# The fleet's state (workers.fleet.state) for the RabbitMQ broker: migrations 0009 and 0010,
+# every statement within one vhost.
 PUBLISH_PROCESS: LiteralString = """
-INSERT INTO fleet_processes (id, record, beat_ms) VALUES (%(id)s, %(record)s, %(beat_ms)s)
-ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, beat_ms = EXCLUDED.beat_ms
+INSERT INTO fleet_processes (id, vhost, record, beat_ms) VALUES (%(id)s, %(vhost)s, %(record)s, %(beat_ms)s)
+ON CONFLICT (id) DO UPDATE SET vhost = EXCLUDED.vhost, record = EXCLUDED.record, beat_ms = EXCLUDED.beat_ms
 """
 REMOVE_PROCESS: LiteralString = "DELETE FROM fleet_processes WHERE id = %(id)s"
-PRUNE_PROCESSES: LiteralString = "DELETE FROM fleet_processes WHERE beat_ms <= %(fresh_after)s"
-LIVE_PROCESSES: LiteralString = "SELECT record::text FROM fleet_processes WHERE beat_ms > %(fresh_after)s"
-PAUSED_QUEUES: LiteralString = "SELECT queue, operator, at_ms FROM queue_pauses"
+PRUNE_PROCESSES: LiteralString = """
+DELETE FROM fleet_processes WHERE vhost = %(vhost)s AND beat_ms <= %(fresh_after)s
+"""
+LIVE_PROCESSES: LiteralString = """
+SELECT record::text FROM fleet_processes WHERE vhost = %(vhost)s AND beat_ms > %(fresh_after)s
+"""
+PAUSED_QUEUES: LiteralString = "SELECT queue, operator, at_ms FROM queue_pauses WHERE vhost = %(vhost)s"
 PAUSE_QUEUE: LiteralString = """
 WITH paused AS (
-    INSERT INTO queue_pauses (queue, operator, at_ms) VALUES (%(queue)s, %(operator)s, %(at_ms)s)
-    ON CONFLICT (queue) DO NOTHING
+    INSERT INTO queue_pauses (vhost, queue, operator, at_ms)
+    VALUES (%(vhost)s, %(queue)s, %(operator)s, %(at_ms)s)
+    ON CONFLICT (vhost, queue) DO NOTHING
     RETURNING queue
 )
-INSERT INTO queue_actions (at_ms, operator, action, queue)
-SELECT %(at_ms)s, %(operator)s, 'pause', queue FROM paused
+INSERT INTO queue_actions (vhost, at_ms, operator, action, queue)
+SELECT %(vhost)s, %(at_ms)s, %(operator)s, 'pause', queue FROM paused
 RETURNING id
 """
 RESUME_QUEUE: LiteralString = """
-WITH resumed AS (DELETE FROM queue_pauses WHERE queue = %(queue)s RETURNING queue)
-INSERT INTO queue_actions (at_ms, operator, action, queue)
-SELECT %(at_ms)s, %(operator)s, 'resume', queue FROM resumed
+WITH resumed AS (
+    DELETE FROM queue_pauses WHERE vhost = %(vhost)s AND queue = %(queue)s RETURNING queue
+)
+INSERT INTO queue_actions (vhost, at_ms, operator, action, queue)
+SELECT %(vhost)s, %(at_ms)s, %(operator)s, 'resume', queue FROM resumed
 RETURNING id
 """
 QUEUE_ACTIONS: LiteralString = """
-SELECT at_ms, operator, action, queue FROM queue_actions ORDER BY id DESC LIMIT %(limit)s
+SELECT at_ms, operator, action, queue FROM queue_actions WHERE vhost = %(vhost)s
+ORDER BY id DESC LIMIT %(limit)s
 """
 ADD_PROCESSED: LiteralString = """
-INSERT INTO fleet_throughput (queue, bucket, processed) VALUES (%(queue)s, %(bucket)s, %(n)s)
-ON CONFLICT (queue, bucket) DO UPDATE SET processed = fleet_throughput.processed + EXCLUDED.processed
+INSERT INTO fleet_throughput (vhost, queue, bucket, processed) VALUES (%(vhost)s, %(queue)s, %(bucket)s, %(n)s)
+ON CONFLICT (vhost, queue, bucket) DO UPDATE SET processed = fleet_throughput.processed + EXCLUDED.processed
 """
-PRUNE_THROUGHPUT: LiteralString = "DELETE FROM fleet_throughput WHERE bucket < %(oldest)s"
+PRUNE_THROUGHPUT: LiteralString = (
+    "DELETE FROM fleet_throughput WHERE vhost = %(vhost)s AND bucket < %(oldest)s"
+)
 THROUGHPUT: LiteralString = """
 SELECT queue, bucket, processed FROM fleet_throughput
-WHERE queue = ANY(%(queues)s) AND bucket >= %(oldest)s
+WHERE vhost = %(vhost)s AND queue = ANY(%(queues)s) AND bucket >= %(oldest)s
 """

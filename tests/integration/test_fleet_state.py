@@ -23,6 +23,7 @@ from tests.support import data
 from tests.support.rabbit import rabbit_vhost
 from tests.support.services import WorkerProcess, enqueue, flush_namespace, row_count, run_catfleet, wait_for
 from workers.backends import backend_for
+from workers.fleet.state import ProcessRecord
 from workers.harness.processes import own_records
 from workers.settings import Settings
 
@@ -199,3 +200,33 @@ def test_pause_lets_a_process_finish_what_it_holds(fleet_settings: Settings, tmp
         worker.stop()
         state.close()
         backend.close()
+
+
+def test_rabbitmq_fleets_on_other_vhosts_share_the_database_not_their_state(settings: Settings) -> None:
+    """The RabbitMQ fleet state lives in PostgreSQL: a second fleet on its own vhost with the same
+    database sees none of the first one's processes, pauses, audit or throughput."""
+    with rabbit_vhost() as one_url, rabbit_vhost() as other_url:
+        one = backend_for(msgspec.structs.replace(settings, broker_url=one_url)).fleet_state()
+        other = backend_for(msgspec.structs.replace(settings, broker_url=other_url)).fleet_state()
+        try:
+            now = int(time.time() * 1000)
+            record = ProcessRecord(
+                id=f"h:1:{now}", host="h", pid=1, queues=["categorize"], threads=1, busy=[],
+                ruleset_version=None, breaker=None, paused=[], started_ms=now, beat_ms=now,
+            )  # fmt: skip
+            one.publish(record)
+            assert one.pause("categorize", "ops@one") is True
+            one.add_processed({"categorize": 7}, now)
+
+            assert [r.id for r in one.processes()] == [record.id]
+            assert other.processes() == [] and other.paused() == {} and other.actions() == []
+            assert sum(other.throughput(["categorize"], now)["categorize"]) == 0
+            assert other.pause("categorize", "ops@other") is True  # its own pause, not "already paused"
+            assert other.resume("categorize", "ops@other") is True
+            assert list(one.paused()) == ["categorize"]  # untouched by the other fleet's resume
+            assert sum(one.throughput(["categorize"], now)["categorize"]) == 7
+        finally:
+            one.resume("categorize", "ops@one")
+            one.remove(record.id)
+            one.close()
+            other.close()

@@ -104,8 +104,11 @@ class RabbitmqBackend(Backend):
         )
 
     def fleet_state(self) -> PostgresFleetState:
-        """In PostgreSQL (AMQP has nowhere to keep records)."""
-        return PostgresFleetState(self.database, ttl_ms=self.settings.broker_heartbeat_timeout_ms)
+        """In PostgreSQL (AMQP has nowhere to keep records), this broker's vhost's own."""
+        vhost = pika.URLParameters(self.urls[0]).virtual_host  # one vhost for all the nodes
+        return PostgresFleetState(
+            self.database, vhost=vhost, ttl_ms=self.settings.broker_heartbeat_timeout_ms
+        )
 
     def queue_stats(self, queues: Sequence[str] = FLEET_QUEUES) -> list[QueueStats]:
         """Message counts of each queue, its delay and its dead-letter queue (declares them, as
