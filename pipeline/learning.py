@@ -180,6 +180,35 @@ class Learner:
         report.ruleset_version = version[0] if version else None
         return report
 
+    def reach(self, expense_id: int, *, limit: int) -> list[int]:
+        """The expenses a correction of ``expense_id`` should reach: up to ``limit`` of the same
+        user's other live expenses whose normalized merchant is this one's and whose row is not
+        the user's own choice (``source <> 'user'``, or no row yet), newest first. One streamed
+        pass (a server-side cursor) over the user's expenses: the normalizer is Python's."""
+        if limit <= 0:
+            return []
+
+        def find(conn: psycopg.Connection[Any]) -> list[int]:
+            source = conn.execute(queries.REACH_SOURCE, {"expense_id": expense_id}).fetchone()
+            if source is None:
+                return []
+            user_id, merchant_name = source
+            value = normalize_merchant(merchant_name)
+            if not value:
+                return []
+            found: list[int] = []
+            with conn.transaction(), conn.cursor(name="catfleet_reach") as cur:
+                cur.itersize = 2_000
+                cur.execute(queries.REACH_CANDIDATES, {"user_id": user_id, "expense_id": expense_id})
+                for other_id, other_merchant in cur:
+                    if normalize_merchant(other_merchant) == value:
+                        found.append(other_id)
+                        if len(found) >= limit:
+                            break
+            return found
+
+        return self.db.run(find, read=True)
+
     @staticmethod
     def _replay(conn: psycopg.Connection[Any], c: Correction) -> LearnReport | None:
         row = conn.execute(queries.FIND_CORRECTION, {"key": c.idempotency_key}).fetchone()

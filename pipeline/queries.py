@@ -590,3 +590,64 @@ THROUGHPUT: LiteralString = """
 SELECT queue, bucket, processed FROM fleet_throughput
 WHERE vhost = %(vhost)s AND queue = ANY(%(queues)s) AND bucket >= %(oldest)s
 """
+
+# --- Corrections reach the rest (issue 12, part 3) ---------------------------------------------
+#: The corrected expense's user and raw merchant name.
+REACH_SOURCE: LiteralString = "SELECT user_id, merchant_name FROM expenses WHERE id = %(expense_id)s"
+#: The user's other live expenses whose row (if any) is not the user's own choice, newest first;
+#: the caller keeps those whose normalized merchant is the corrected one.
+REACH_CANDIDATES: LiteralString = """
+SELECT e.id, e.merchant_name FROM expenses e
+LEFT JOIN categorizations c ON c.expense_id = e.id
+WHERE e.user_id = %(user_id)s AND e.deleted_at IS NULL AND e.id <> %(expense_id)s
+  AND c.source IS DISTINCT FROM 'user'
+ORDER BY e.id DESC
+"""
+
+# --- Backfills (issue 12, part 2; migration 0011) ----------------------------------------------
+#: The selectable expenses: live, not the user's own choice; ``selector`` clauses are added to it.
+BACKFILL_SELECT: LiteralString = """
+SELECT e.id, e.merchant_name FROM expenses e
+LEFT JOIN categorizations c ON c.expense_id = e.id
+WHERE e.deleted_at IS NULL AND c.source IS DISTINCT FROM 'user'
+"""
+BACKFILL_INSERT_RUN: LiteralString = """
+INSERT INTO backfill_runs (id, selector, lane, batch_size, rate)
+VALUES (%(id)s, %(selector)s, %(lane)s, %(batch_size)s, %(rate)s)
+"""
+BACKFILL_STAGE_IDS: LiteralString = "CREATE TEMP TABLE backfill_staging (expense_id bigint) ON COMMIT DROP"
+BACKFILL_COPY_IDS: LiteralString = "COPY backfill_staging (expense_id) FROM STDIN"
+BACKFILL_KEEP_IDS: LiteralString = """
+INSERT INTO backfill_ids (run_id, expense_id)
+SELECT DISTINCT %(id)s, expense_id FROM backfill_staging ON CONFLICT DO NOTHING
+"""
+BACKFILL_SET_TOTAL: LiteralString = """
+UPDATE backfill_runs SET total = %(total)s, state = 'enqueuing', updated_at = now() WHERE id = %(id)s
+"""
+BACKFILL_CHECKPOINT: LiteralString = """
+UPDATE backfill_runs SET last_id = %(last_id)s, enqueued = enqueued + %(n)s, updated_at = now()
+WHERE id = %(id)s
+"""
+BACKFILL_ENQUEUED: LiteralString = """
+UPDATE backfill_runs SET state = 'enqueued', enqueued_at = now(), updated_at = now()
+WHERE id = %(id)s AND state IN ('selecting', 'enqueuing')
+"""
+BACKFILL_FINISH: LiteralString = """
+UPDATE backfill_runs SET state = %(state)s, finished_at = now(), updated_at = now(),
+    written = %(written)s, outcomes = %(outcomes)s
+WHERE id = %(id)s
+"""
+BACKFILL_RUN_COLUMNS: LiteralString = """
+id, selector, lane, batch_size, rate, total, enqueued, last_id, state, created_at, updated_at,
+enqueued_at, finished_at, written, outcomes
+"""
+BACKFILL_GET_RUN: LiteralString = "SELECT " + BACKFILL_RUN_COLUMNS + " FROM backfill_runs WHERE id = %(id)s"
+BACKFILL_LIST_RUNS: LiteralString = (
+    "SELECT " + BACKFILL_RUN_COLUMNS + " FROM backfill_runs ORDER BY created_at DESC, id LIMIT %(limit)s"
+)
+#: The rows carrying a run's id, per band (the predicate repeated: the partial index's).
+BACKFILL_PROGRESS: LiteralString = """
+SELECT band, count(*) FROM categorizations
+WHERE correlation_id = %(id)s AND correlation_id LIKE 'backfill:%%'
+GROUP BY band
+"""

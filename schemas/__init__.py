@@ -1,8 +1,15 @@
 """The contracts: wire messages, records and SQL migrations. Imports only msgspec."""
 
 from schemas.messages import (
+    BULK_PRIORITY,
     CATEGORIZE_ACTOR,
+    CATEGORIZE_BULK_ACTOR,
+    CATEGORIZE_BULK_QUEUE,
     CATEGORIZE_QUEUE,
+    INTERACTIVE_PRIORITY,
+    LANE_BULK,
+    LANE_INTERACTIVE,
+    LANES,
     LEARN_ACTOR,
     LEARN_QUEUE,
     MAX_BATCH_IDS,
@@ -13,8 +20,15 @@ from schemas.messages import (
 from schemas.records import Categorization, Expense, Outcome, Pattern, PatternKind
 
 __all__ = [
+    "BULK_PRIORITY",
     "CATEGORIZE_ACTOR",
+    "CATEGORIZE_BULK_ACTOR",
+    "CATEGORIZE_BULK_QUEUE",
     "CATEGORIZE_QUEUE",
+    "INTERACTIVE_PRIORITY",
+    "LANES",
+    "LANE_BULK",
+    "LANE_INTERACTIVE",
     "LEARN_ACTOR",
     "LEARN_QUEUE",
     "MAX_BATCH_IDS",

@@ -13,6 +13,8 @@ import msgspec
 
 from schemas.messages import (
     CATEGORIZE_ACTOR,
+    CATEGORIZE_BULK_ACTOR,
+    CATEGORIZE_BULK_QUEUE,
     CATEGORIZE_QUEUE,
     LEARN_ACTOR,
     LEARN_QUEUE,
@@ -25,6 +27,7 @@ JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 #: actor name -> (queue name, payload type): the messages other services may send.
 PAYLOADS: dict[str, tuple[str, type[msgspec.Struct]]] = {
     CATEGORIZE_ACTOR: (CATEGORIZE_QUEUE, CategorizeBatch),
+    CATEGORIZE_BULK_ACTOR: (CATEGORIZE_BULK_QUEUE, CategorizeBatch),
     LEARN_ACTOR: (LEARN_QUEUE, Correction),
 }
 

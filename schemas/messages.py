@@ -15,6 +15,23 @@ CATEGORIZE_QUEUE = "categorize"
 CATEGORIZE_ACTOR = "categorize_batch"
 LEARN_QUEUE = "learn"
 LEARN_ACTOR = "learn_from_correction"
+#: The bulk lane of categorization (backfills, re-categorizations, replays of bulk letters): the
+#: same ``CategorizeBatch`` payload on a queue of its own, whose actor has a lower Dramatiq
+#: priority, so a worker process runs the interactive lane's messages it holds first.
+CATEGORIZE_BULK_QUEUE = "categorize_bulk"
+CATEGORIZE_BULK_ACTOR = "categorize_batch_bulk"
+
+#: Lane names (``Producer.enqueue(lane=...)``, ``catfleet enqueue --lane``).
+LANE_INTERACTIVE = "interactive"
+LANE_BULK = "bulk"
+#: lane -> (queue, actor) of its ``CategorizeBatch`` messages.
+LANES: dict[str, tuple[str, str]] = {
+    LANE_INTERACTIVE: (CATEGORIZE_QUEUE, CATEGORIZE_ACTOR),
+    LANE_BULK: (CATEGORIZE_BULK_QUEUE, CATEGORIZE_BULK_ACTOR),
+}
+#: Dramatiq actor priorities (lower runs first among the messages a worker process holds).
+INTERACTIVE_PRIORITY = 0
+BULK_PRIORITY = 100
 
 #: The hard upper bound of IDs in one message; larger batches are dead-lettered.
 MAX_BATCH_IDS = 10_000

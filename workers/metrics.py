@@ -35,14 +35,22 @@ import pybreaker
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pipeline.rules import SkippedPattern
-from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE, LEARN_ACTOR, LEARN_QUEUE, PatternKind
+from schemas import (
+    CATEGORIZE_ACTOR,
+    CATEGORIZE_BULK_ACTOR,
+    CATEGORIZE_BULK_QUEUE,
+    CATEGORIZE_QUEUE,
+    LEARN_ACTOR,
+    LEARN_QUEUE,
+    PatternKind,
+)
 
 #: The registry of the metrics below (read directly only in single-process use, e.g. tests;
 #: in a worker the values go to the multiprocess directory and the endpoint reads them there).
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 #: The ``actor_name`` label values; any other name is labelled UNKNOWN_LABEL.
-ACTORS = (CATEGORIZE_ACTOR, LEARN_ACTOR)
+ACTORS = (CATEGORIZE_ACTOR, CATEGORIZE_BULK_ACTOR, LEARN_ACTOR)
 UNKNOWN_LABEL = "unknown"
 OUTCOMES = ("categorized", "suggested", "uncategorized", "missing", "user_kept")
 CACHE_TIERS = ("l1", "l2", "l3")
@@ -54,7 +62,11 @@ CONFLICT_REASONS = ("user_owned", "unchanged")
 PATTERN_KINDS = tuple(k.value for k in PatternKind if k not in (PatternKind.MERCHANT, PatternKind.TOKEN))
 #: (queue, actor) of every fleet actor: the ``queue_name`` / ``actor_name`` pairs of Dramatiq's
 #: per-actor metrics (its retries are enqueued on the delay queue, ``<queue>.DQ``, and counted there).
-FLEET_ACTORS = ((CATEGORIZE_QUEUE, CATEGORIZE_ACTOR), (LEARN_QUEUE, LEARN_ACTOR))
+FLEET_ACTORS = (
+    (CATEGORIZE_QUEUE, CATEGORIZE_ACTOR),
+    (CATEGORIZE_BULK_QUEUE, CATEGORIZE_BULK_ACTOR),
+    (LEARN_QUEUE, LEARN_ACTOR),
+)
 
 WORKER_PROCESSES = Gauge(
     "catfleet_worker_processes",

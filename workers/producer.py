@@ -11,8 +11,9 @@ import msgspec
 
 from pipeline.learning import default_correction_key
 from schemas import (
-    CATEGORIZE_ACTOR,
     CATEGORIZE_QUEUE,
+    LANE_INTERACTIVE,
+    LANES,
     LEARN_ACTOR,
     LEARN_QUEUE,
     MAX_BATCH_IDS,
@@ -49,6 +50,19 @@ def validate_ids(ids: Iterable[int]) -> list[int]:
     return list(out)
 
 
+def lane_route(lane: str) -> tuple[str, str]:
+    """The (queue, actor) of a lane's batch messages; ValueError naming the lanes for any other name."""
+    try:
+        return LANES[lane]
+    except KeyError:
+        raise ValueError(f"unknown lane {lane!r}: the lanes are {', '.join(LANES)}") from None
+
+
+def lane_queue(lane: str) -> str:
+    """The queue of a lane; ValueError naming the lanes for any other name."""
+    return lane_route(lane)[0]
+
+
 class Producer:
     def __init__(self, broker: dramatiq.Broker, *, batch_size: int):
         if not 1 <= batch_size <= MAX_BATCH_IDS:
@@ -57,9 +71,19 @@ class Producer:
         self.batch_size = batch_size
         broker.declare_queue(CATEGORIZE_QUEUE)
 
-    def enqueue(self, expense_ids: Iterable[int], *, correlation_id: str | None = None) -> EnqueueReport:
+    def enqueue(
+        self, expense_ids: Iterable[int], *, correlation_id: str | None = None, lane: str = LANE_INTERACTIVE
+    ) -> EnqueueReport:
+        """``expense_ids`` in batch messages of at most ``batch_size`` on ``lane``: ``interactive``
+        (queue ``categorize``, the default: a person waits for it) or ``bulk`` (queue
+        ``categorize_bulk``: backfills, re-categorizations; workers run what they hold of the
+        interactive lane first). ValueError on a bad id or an unknown lane."""
+        queue = lane_queue(lane)
         ids = validate_ids(expense_ids)
-        messages = [self.batch_message(chunk, correlation_id) for chunk in chunked(ids, self.batch_size)]
+        self.broker.declare_queue(queue)
+        messages = [
+            self.batch_message(chunk, correlation_id, lane=lane) for chunk in chunked(ids, self.batch_size)
+        ]
         self.send(messages)
         return EnqueueReport(len(messages), len(ids), [m.message_id for m in messages])
 
@@ -118,13 +142,16 @@ class Producer:
         )
 
     @staticmethod
-    def batch_message(ids: list[int], correlation_id: str | None = None) -> dramatiq.Message[Any]:
+    def batch_message(
+        ids: list[int], correlation_id: str | None = None, *, lane: str = LANE_INTERACTIVE
+    ) -> dramatiq.Message[Any]:
+        queue_name, actor_name = lane_route(lane)
         payload: dict[str, Any] = {"expense_ids": ids}
         if correlation_id:
             payload["correlation_id"] = correlation_id
         return dramatiq.Message(
-            queue_name=CATEGORIZE_QUEUE,
-            actor_name=CATEGORIZE_ACTOR,
+            queue_name=queue_name,
+            actor_name=actor_name,
             args=(payload,),
             kwargs={},
             options={},

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 import redis
 
-from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE, LEARN_ACTOR, LEARN_QUEUE
+from schemas import CATEGORIZE_QUEUE, LEARN_ACTOR, LEARN_QUEUE
 from tests.fault.test_bad_input import envelope, push
 from tests.support import data
 from tests.support.broker import queue_state
@@ -28,6 +28,7 @@ from tests.support.services import WorkerProcess, wait_for
 from workers.backends.redis.keys import RedisKeys
 from workers.dlq import open_store
 from workers.dlq.base import DeadLetterFilter
+from workers.metrics import ACTORS
 from workers.settings import Settings
 
 pytestmark = pytest.mark.fault
@@ -253,7 +254,7 @@ def test_hostile_messages_end_in_the_dlq_promptly_and_the_worker_goes_on(
         assert not [k for k in metrics if made_up_actor in str(k)]
         assert metrics.total("dramatiq_message_rejects_total", actor_name="unknown") >= 1
         names = {dict(labels).get("actor_name") for _, labels in metrics} - {None}
-        assert names <= {CATEGORIZE_ACTOR, LEARN_ACTOR, "unknown"}, names
+        assert names <= {*ACTORS, "unknown"}, names
     finally:
         worker.stop()
         client.close()

@@ -16,7 +16,6 @@ import pytest
 from dramatiq.common import dq_name
 
 from pipeline.migrate import migrate
-from schemas import CATEGORIZE_QUEUE, LEARN_QUEUE
 from tests.support import data
 from tests.support.broker import EMPTY, queue_state
 from tests.support.data import bulk_expenses, categorized
@@ -24,6 +23,7 @@ from tests.support.servers import own_postgres, own_redis
 from tests.support.services import WorkerProcess, isolated_settings, wait_for
 from workers.app import build_app
 from workers.backends import backend_for
+from workers.backends.base import FLEET_QUEUES
 from workers.failures import FailureRecord
 from workers.producer import Producer
 from workers.settings import Settings
@@ -35,7 +35,7 @@ PATIENT = {"max_retries": 8, "min_backoff_ms": 200, "max_backoff_ms": 2_000}
 #: Expenses per run and per message: 200 small batches keep the run going for several seconds
 #: on two cores, so the outage lands in the middle of it.
 TOTAL, BATCH = 10_000, 50
-ALL_QUEUES = [q for queue in (CATEGORIZE_QUEUE, LEARN_QUEUE) for q in (queue, dq_name(queue))]
+ALL_QUEUES = [q for queue in FLEET_QUEUES for q in (queue, dq_name(queue))]
 
 
 def broker_empty(settings: Settings) -> bool:

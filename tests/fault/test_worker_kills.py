@@ -15,12 +15,12 @@ import pytest
 import redis
 from dramatiq.common import dq_name
 
-from schemas import CATEGORIZE_QUEUE, LEARN_QUEUE
 from tests.support import data
 from tests.support.broker import EMPTY, queue_state
 from tests.support.data import bulk_expenses, categorized
 from tests.support.services import WorkerProcess, isolated_settings, wait_for
 from workers.app import build_app
+from workers.backends.base import FLEET_QUEUES
 from workers.backends.redis.keys import RedisKeys
 from workers.dlq import open_store
 from workers.harness.processes import free_port
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.fault
 #: Short broker timings keep these tests quick; FAULT_RECOVERY_DEFAULTS=1 measures the defaults.
 FAST = {"broker_heartbeat_timeout_ms": 2_000, "broker_maintenance_interval_ms": 500}
 #: Every queue of the fleet and its delay queue (``queue_state`` also counts each one's dead letters).
-ALL_QUEUES = [q for queue in (CATEGORIZE_QUEUE, LEARN_QUEUE) for q in (queue, dq_name(queue))]
+ALL_QUEUES = [q for queue in FLEET_QUEUES for q in (queue, dq_name(queue))]
 #: Scheduling, the delivery count and the first fetch on a loaded two-core machine.
 SLACK_S = 1.5
 

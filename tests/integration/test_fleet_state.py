@@ -64,7 +64,10 @@ def test_records_say_what_each_process_runs_and_go_when_it_does(
         worker.wait_ready()
         records = own_records(state, worker.proc)
         assert len(records) == 2 and len({r.pid for r in records}) == 2
-        assert all(r.queues == ["categorize", "learn"] and r.threads == 2 and r.busy == [] for r in records)
+        assert all(
+            r.queues == ["categorize", "categorize_bulk", "learn"] and r.threads == 2 and r.busy == []
+            for r in records
+        )
         shown = status(s)
         assert {p["pid"] for p in shown["processes"]} >= {r.pid for r in records}
 

@@ -15,7 +15,7 @@ import msgspec
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE, LEARN_ACTOR, LEARN_QUEUE
+from schemas import CATEGORIZE_ACTOR, CATEGORIZE_BULK_QUEUE, CATEGORIZE_QUEUE, LEARN_ACTOR, LEARN_QUEUE
 from tests.support import data
 from tests.support.data import count_rows
 from tests.support.scrape import Scrape, answers, get_json, scrape
@@ -208,7 +208,9 @@ def test_queue_depth_follows_a_real_backlog_and_status_reports_it(
         assert scrape(port).value("catfleet_dead_letter_replays_total", queue=CATEGORIZE_QUEUE) == 3
         status = status_json(env)
         queues = {q["queue"]: q for q in status["queues"]}
-        assert sorted(queues) == sorted([CATEGORIZE_QUEUE, LEARN_QUEUE])  # every declared actor's queue
+        assert sorted(queues) == sorted(
+            [CATEGORIZE_QUEUE, CATEGORIZE_BULK_QUEUE, LEARN_QUEUE]
+        )  # every declared actor's queue
         assert queues[LEARN_QUEUE]["ready"] == 0
         q = queues[CATEGORIZE_QUEUE]
         assert (q["queue"], q["ready"], q["dead"], q["replayed"]) == (

@@ -87,7 +87,7 @@ def test_an_undeclared_queue_is_refused_with_the_valid_ones(settings: Settings) 
     done = _run(settings, "worker", "--queues", "bogus")
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr.splitlines() == [
-        "catfleet worker: unknown queue(s) 'bogus': the fleet's queues are categorize, learn"
+        "catfleet worker: unknown queue(s) 'bogus': the fleet's queues are categorize, categorize_bulk, learn"
         " (a queue's delay queue is consumed with it)"
     ]
 

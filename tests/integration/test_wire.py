@@ -13,11 +13,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from schemas import CATEGORIZE_ACTOR, CATEGORIZE_QUEUE
+from schemas import CATEGORIZE_ACTOR, CATEGORIZE_BULK_ACTOR, CATEGORIZE_BULK_QUEUE, CATEGORIZE_QUEUE
 from tests.support import data
 from tests.support.broker import dead_messages, queue_state
 from tests.support.readme import readme_block
-from tests.support.services import WorkerProcess, wait_for
+from tests.support.services import WorkerProcess, log_events, wait_for
 from workers.app import App
 from workers.backends.redis import RedisFailureLog
 from workers.harness.processes import ROOT
@@ -27,9 +27,9 @@ NODE_DIR = ROOT / "tests" / "node"
 REDIS_CLI_MARKER = "# enqueue categorize_batch with redis-cli\n"
 
 
-def redis_cli_enqueue(settings: Settings, ids: str) -> str:
-    """Run the README block verbatim with this test's broker URL, namespace and IDs."""
-    env = dict(os.environ, REDIS_URL=settings.broker_url, NS=settings.broker_namespace, IDS=ids)
+def redis_cli_enqueue(settings: Settings, ids: str, *, lane: str = "interactive") -> str:
+    """Run the README block verbatim with this test's broker URL, namespace, IDs and lane."""
+    env = dict(os.environ, REDIS_URL=settings.broker_url, NS=settings.broker_namespace, IDS=ids, LANE=lane)
     out = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", readme_block(REDIS_CLI_MARKER)],
         env=env, capture_output=True, text=True, check=True, timeout=30,
@@ -58,13 +58,14 @@ def node_enqueue(
     payload: str,
     *,
     actor: str = CATEGORIZE_ACTOR,
+    queue: str = CATEGORIZE_QUEUE,
     envelope: dict[str, Any] | None = None,
 ) -> dict[str, str | None]:
     """Run tests/node/enqueue.js; ``envelope``: fields to add or (None) remove. Its message id and
     Redis message id."""
     out = subprocess.run(
         ["node", "enqueue.js", settings.broker_url, settings.broker_namespace, payload,
-         CATEGORIZE_QUEUE, actor, json.dumps(envelope or {})],
+         queue, actor, json.dumps(envelope or {})],
         cwd=where, capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
     sent: dict[str, str | None] = json.loads(out.stdout)
@@ -98,6 +99,42 @@ def test_readme_redis_cli_commands_enqueue_a_batch(
     got = wait_for(lambda: (r := rows_by_expense(conn)) and len(r) == 3 and r, what="3 rows")
     assert [got[i][0] for i in ids] == [cats["coffee"], cats["groceries"], cats["rideshare"]]
     assert len({got[i][1] for i in ids}) == 1  # one message, its id recorded
+
+
+def test_readme_redis_cli_commands_enqueue_on_the_bulk_lane(
+    worker: WorkerProcess, conn: psycopg.Connection[Any], cats: dict[str, int], settings: Settings
+) -> None:
+    """The same README block with ``LANE=bulk``: queue ``categorize_bulk``, actor
+    ``categorize_batch_bulk``, its own wake channel."""
+    ids = data.add_expenses(conn, ["PAYPAL *STARBUCKS 402935", "UBER *TRIP"])
+    replies = redis_cli_enqueue(settings, ",".join(map(str, ids)), lane="bulk").split()
+    assert replies[:6] == ["OK", "QUEUED", "QUEUED", "QUEUED", "1", "1"] and int(replies[6]) >= 1, replies
+    got = wait_for(lambda: (r := rows_by_expense(conn)) and len(r) == 2 and r, what="2 rows")
+    assert [got[i][0] for i in ids] == [cats["coffee"], cats["rideshare"]]
+    [batch] = wait_for(lambda: log_events(worker, "batch"), what="the batch line")
+    assert batch["actor"] == CATEGORIZE_BULK_ACTOR and batch["message_id"] == got[ids[0]][1]
+    assert queue_state(settings, CATEGORIZE_BULK_QUEUE)["dead"] == 0
+
+
+def test_node_client_enqueues_on_the_bulk_lane(
+    worker: WorkerProcess,
+    conn: psycopg.Connection[Any],
+    cats: dict[str, int],
+    settings: Settings,
+    node_producer: Path,
+) -> None:
+    ids = data.add_expenses(conn, ["SQ *STARBUCKS"])
+    sent = node_enqueue(
+        node_producer,
+        settings,
+        f'{{"expense_ids": {ids}}}',
+        actor=CATEGORIZE_BULK_ACTOR,
+        queue=CATEGORIZE_BULK_QUEUE,
+    )
+    got = wait_for(lambda: (r := rows_by_expense(conn)) and len(r) == 1 and r, what="1 row")
+    assert got == {ids[0]: (cats["coffee"], sent["message_id"])}
+    [batch] = wait_for(lambda: log_events(worker, "batch"), what="the batch line")
+    assert batch["actor"] == CATEGORIZE_BULK_ACTOR
 
 
 def test_node_client_enqueues_a_batch(

@@ -8,6 +8,8 @@ import workers
 def test_schemas_exports() -> None:
     assert sorted(schemas.__all__) == sorted(
         [
+            "BULK_PRIORITY", "CATEGORIZE_BULK_ACTOR", "CATEGORIZE_BULK_QUEUE", "INTERACTIVE_PRIORITY", "LANES",
+            "LANE_BULK", "LANE_INTERACTIVE",
             "CATEGORIZE_ACTOR", "CATEGORIZE_QUEUE", "LEARN_ACTOR", "LEARN_QUEUE", "MAX_BATCH_IDS", "MAX_EXPENSE_ID",
             "Categorization", "CategorizeBatch", "Correction", "Expense", "Outcome", "Pattern", "PatternKind",
         ]

@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from schemas import CATEGORIZE_QUEUE, LEARN_QUEUE, CategorizeBatch, Correction
+from schemas import CATEGORIZE_BULK_QUEUE, CATEGORIZE_QUEUE, LEARN_QUEUE, CategorizeBatch, Correction
 from schemas.jsonschema import PAYLOADS, payload_schema, schema_filename, schema_text
 
 JSON_DIR = Path(__file__).resolve().parents[2] / "schemas" / "json"
@@ -27,6 +27,7 @@ def test_every_committed_schema_belongs_to_a_message() -> None:
 def test_payloads_and_queues() -> None:
     assert {
         "categorize_batch": (CATEGORIZE_QUEUE, CategorizeBatch),
+        "categorize_batch_bulk": (CATEGORIZE_BULK_QUEUE, CategorizeBatch),
         "learn_from_correction": (LEARN_QUEUE, Correction),
     } == PAYLOADS
 
@@ -42,7 +43,9 @@ def test_schema_states_the_limits() -> None:
 
 
 def test_unknown_name_is_an_error() -> None:
-    with pytest.raises(KeyError, match="known: categorize_batch, learn_from_correction"):
+    with pytest.raises(
+        KeyError, match="known: categorize_batch, categorize_batch_bulk, learn_from_correction"
+    ):
         payload_schema("nope")
 
 

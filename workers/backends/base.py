@@ -13,7 +13,7 @@ from dramatiq.middleware import Middleware
 
 from pipeline.errors import CatfleetError
 from pipeline.settings import redact
-from schemas import CATEGORIZE_QUEUE, LEARN_QUEUE
+from schemas import CATEGORIZE_BULK_QUEUE, CATEGORIZE_QUEUE, LEARN_QUEUE
 
 if TYPE_CHECKING:
     from workers.deliveries import DeliveryCounter
@@ -22,8 +22,9 @@ if TYPE_CHECKING:
     from workers.fleet.state import FleetState
     from workers.settings import Settings
 
-#: The fleet's queues (canonical names; each has a delay and a dead-letter queue beside it).
-FLEET_QUEUES: tuple[str, ...] = (CATEGORIZE_QUEUE, LEARN_QUEUE)
+#: The fleet's queues (canonical names; each has a delay and a dead-letter queue beside it):
+#: categorization's interactive and bulk lanes, and learning.
+FLEET_QUEUES: tuple[str, ...] = (CATEGORIZE_QUEUE, CATEGORIZE_BULK_QUEUE, LEARN_QUEUE)
 
 
 class QueueStats(msgspec.Struct, kw_only=True):

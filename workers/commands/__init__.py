@@ -17,6 +17,7 @@ from types import ModuleType
 from pipeline.errors import CatfleetError, SettingsError
 from workers.backends import backend_class
 from workers.commands import (
+    backfill,
     bench,
     categories,
     console,
@@ -40,6 +41,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     migrate,
     worker,
     enqueue,
+    backfill,
     demo,
     status,
     exporter,

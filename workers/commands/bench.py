@@ -192,6 +192,17 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run_quality)
 
     p = scenarios_sub.add_parser(
+        "lanes", help="interactive latency alone vs during a bulk backfill, and the backfill's throughput"
+    )
+    p.add_argument("--backfill", type=count, default=100_000, help="expenses of the bulk backfill")
+    p.add_argument("--rate", type=number, default=10.0, help="interactive expenses per second")
+    p.add_argument("--samples", type=count, default=150, help="interactive samples alone")
+    p.add_argument("--reps", type=count, default=1, help="repetitions (median, min, max)")
+    p.add_argument("--processes", type=count, default=2, help="worker processes")
+    p.add_argument("--threads", type=count, default=4, help="threads per process")
+    p.set_defaults(func=run_lanes)
+
+    p = scenarios_sub.add_parser(
         "console", help="console pages timed with N dead letters and M worker records; broker commands/s"
     )
     p.add_argument("--letters", type=count, default=100_000, help="dead letters in Redis")
@@ -272,6 +283,23 @@ def run_quality(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"catfleet bench quality: {exc}") from None
     print(msgspec.json.encode(report).decode() if args.json else format_report(report))
+    return 0
+
+
+def run_lanes(settings: Settings, args: argparse.Namespace) -> int:
+    """A throwaway database and namespace, real ``catfleet worker`` processes."""
+    from workers.bench import lanes
+
+    report = lanes.run(
+        settings,
+        backfill=args.backfill,
+        rate=args.rate,
+        samples=args.samples,
+        reps=args.reps,
+        processes=args.processes,
+        threads=args.threads,
+    )
+    print(report.summary())
     return 0
 
 

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
+from schemas import LANE_BULK, LANE_INTERACTIVE, LANES
 from workers.settings import Settings
 
 if TYPE_CHECKING:  # the CLI starts without importing psycopg
@@ -61,10 +62,12 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
         ids = args.ids
     if args.user is not None and not args.all_uncategorized:
         raise SystemExit("catfleet enqueue: --user only filters --all-uncategorized")
+    # a sweep over every uncategorized expense is a backfill: the bulk lane unless told otherwise
+    lane = args.lane or (LANE_BULK if args.all_uncategorized else LANE_INTERACTIVE)
     app = build_app(settings)
     try:
         report = Producer(app.broker, batch_size=args.batch_size or settings.batch_size).enqueue(
-            ids, correlation_id=args.correlation_id
+            ids, correlation_id=args.correlation_id, lane=lane
         )
     except ValueError as exc:
         raise SystemExit(f"catfleet enqueue: {exc}") from None
@@ -79,11 +82,15 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
                     "ids": report.ids,
                     "message_ids": report.message_ids,
                     "correlation_id": args.correlation_id or None,
+                    "lane": lane,
                 }
             )
         )
     else:
-        print(f"enqueued {report.ids} expense id(s) in {report.messages} message(s)")
+        print(
+            f"enqueued {report.ids} expense id(s) in {report.messages} message(s)"
+            + (f" on the {lane} lane" if lane != LANE_INTERACTIVE else "")
+        )
     return 0
 
 
@@ -95,5 +102,11 @@ def register(sub: Any) -> None:
     p.add_argument("--user", type=int, help="with --all-uncategorized: only this user's expenses")
     p.add_argument("--batch-size", type=int, help="IDs per message (default: CATFLEET_BATCH_SIZE)")
     p.add_argument("--correlation-id", help="carried into the logs and the stored rows")
+    p.add_argument(
+        "--lane",
+        choices=list(LANES),
+        help="interactive (queue categorize; the default) or bulk (queue categorize_bulk: workers run"
+        " interactive messages first; the default of --all-uncategorized)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_enqueue)

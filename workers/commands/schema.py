@@ -33,6 +33,8 @@ def cmd_schema(settings: Settings, args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("schema", help="print the JSON Schema of a wire payload (all of them without NAME)")
-    p.add_argument("name", nargs="?", help="actor name: categorize_batch or learn_from_correction")
+    p.add_argument(
+        "name", nargs="?", help="actor name: categorize_batch, categorize_batch_bulk or learn_from_correction"
+    )
     p.add_argument("--write", metavar="DIR", help="write NAME.schema.json file(s) into DIR instead")
     p.set_defaults(func=cmd_schema)
