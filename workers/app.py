@@ -22,6 +22,7 @@ from workers.backends import backend_for
 from workers.backends.base import Backend
 from workers.encoder import MsgspecEncoder
 from workers.failures import FailureLog
+from workers.limits import FleetLimits
 from workers.middleware.deliveries import DeliveryLimit
 from workers.middleware.failures import RecordFailures
 from workers.middleware.presence import FleetPresence
@@ -43,6 +44,9 @@ class App(msgspec.Struct, kw_only=True):
         return self.backend.failures
 
     def close(self) -> None:
+        admission = getattr(self.broker, "admission", None)
+        if admission is not None:
+            admission.close()
         self.backend.close()
 
 
@@ -80,5 +84,7 @@ def build_app(settings: Settings, *, runtime: RuntimeHolder | None = None) -> Ap
     backend = backend_for(settings)
     holder = runtime or RuntimeHolder(settings)
     broker = backend.build_broker(fleet_middleware(settings, backend, holder))
+    if hasattr(broker, "admission"):  # the Redis and RabbitMQ consumers apply the fleet's rate limits
+        broker.admission = FleetLimits.from_settings(settings)
     actors = declare_actors(broker, holder)
     return App(settings=settings, backend=backend, broker=broker, runtime=holder, actors=actors)

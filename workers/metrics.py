@@ -122,6 +122,24 @@ PATTERNS_SKIPPED = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+RATE_LIMIT_ADMITTED = Counter(
+    "catfleet_rate_limit_admitted",
+    "Units taken from a fleet-wide rate limit (expense ids of the bulk lane, corrections), by queue.",
+    ["queue_name"],
+    registry=REGISTRY,
+)
+RATE_LIMIT_HELD = Counter(
+    "catfleet_rate_limit_wait_seconds",
+    "Time consumers held fetched messages back for a fleet-wide rate limit, by queue.",
+    ["queue_name"],
+    registry=REGISTRY,
+)
+RATE_LIMIT_ERRORS = Counter(
+    "catfleet_rate_limit_errors",
+    "Times a rate limit's Redis failed: the queue's messages were admitted unlimited for a few seconds.",
+    ["queue_name"],
+    registry=REGISTRY,
+)
 BREAKER_STATE = Gauge(
     "catfleet_cache_breaker_state",
     "Worker processes whose L2 cache breaker is in this state (closed, half_open, open).",

@@ -79,6 +79,11 @@ class Settings(PipelineSettings, frozen=True, kw_only=True, forbid_unknown_field
     #: same (normalized) merchant that are not the user's own choice are re-categorized on the
     #: bulk lane (the newest first); 0: off.
     correction_reach_limit: Annotated[int, msgspec.Meta(ge=0, le=MAX_BATCH_IDS * 10)] = 1_000
+    #: Fleet-wide rate limits (workers/limits.py, shared in the cache Redis): expenses per second
+    #: the bulk lane's workers take on (writes to PostgreSQL), corrections learned per second;
+    #: 0: off.
+    bulk_writes_per_s: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 0
+    learn_per_s: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
     #: Log level and format (``json`` or ``text``).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"

@@ -14,7 +14,7 @@ import contextlib
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 from uuid import uuid4
 
@@ -37,6 +37,8 @@ class LatencyReport(msgspec.Struct):
 
 
 class LanesReport(msgspec.Struct):
+    #: The fleet-wide bulk lane limit the workers ran with (CATFLEET_BULK_WRITES_PER_S; 0: none).
+    bulk_limit: int
     backfill: int
     rate: float
     processes: int
@@ -52,6 +54,7 @@ class LanesReport(msgspec.Struct):
             return f"{statistics.median(xs):.1f} ({min(xs):.1f}-{max(xs):.1f})"
 
         return {
+            "bulk lane limit /s": self.bulk_limit or "none",
             "interactive alone p50/p99 ms": f"{med([r.p50_ms for r in self.alone])} / {med([r.p99_ms for r in self.alone])}",
             "interactive during backfill p50/p99 ms": f"{med([r.p50_ms for r in self.during])} / {med([r.p99_ms for r in self.during])}",
             "backfill unloaded /s": med(self.unloaded_per_s),
@@ -149,52 +152,88 @@ def run(
     reps: int = 1,
     processes: int = 2,
     threads: int = 4,
+    bulk_limits: Sequence[int] = (0,),
     log_path: str = "/dev/null",
-) -> LanesReport:
-    """Per rep: ``samples`` interactive expenses at ``rate``/s alone; a ``backfill``-expense bulk run
+) -> list[LanesReport]:
+    """Per rep and per bulk lane limit, alternated (limit A, B, A, B...; workers restarted with
+    each): ``samples`` interactive expenses at ``rate``/s alone; a ``backfill``-expense bulk run
     unloaded; the same again with the interactive trickle running until it is done."""
     from workers.app import build_app
     from workers.producer import Producer
 
-    report = LanesReport(
-        backfill=backfill, rate=rate, processes=processes, threads=threads, batch_size=settings.batch_size,
-        alone=[], during=[], unloaded_per_s=[], loaded_per_s=[],
-    )  # fmt: skip
+    reports = [
+        LanesReport(
+            bulk_limit=limit,
+            backfill=backfill,
+            rate=rate,
+            processes=processes,
+            threads=threads,
+            batch_size=settings.batch_size,
+            alone=[],
+            during=[],
+            unloaded_per_s=[],
+            loaded_per_s=[],
+        )
+        for limit in bulk_limits
+    ]
     with _database(settings) as s, psycopg.connect(s.database_url, autocommit=True) as conn:
-        ids = _load(conn, (2 * backfill + 51 * samples) * reps)
+        ids = _load(conn, (2 * backfill + 51 * samples) * reps * len(reports))
         app = build_app(s)
         producer = Producer(app.broker, batch_size=s.batch_size)
-        with open(log_path, "wb") as log:
-            proc = start_workers(s, log=log, processes=processes, threads=threads)
-            try:
-                wait_ready(s, proc, processes=processes)
-                pool = iter(ids)
+        pool = iter(ids)
+        take = lambda n: [next(pool) for _ in range(n)]  # noqa: E731
+        try:
+            with open(log_path, "wb") as log:
                 for rep in range(reps):
-                    take = lambda n: [next(pool) for _ in range(n)]  # noqa: E731
-                    alone = take(samples)
-                    _trickle(producer, alone, rate, threading.Event())
-                    time.sleep(1.0)
-                    report.alone.append(_latency(conn, alone))
-                    report.unloaded_per_s.append(
-                        round(_backfill(conn, producer, take(backfill), f"unloaded-{rep}"), 1)
-                    )
-                    trickle_ids, bulk = take(samples * 50), take(backfill)
-                    stop = threading.Event()
-                    sent: list[int] = []
-                    t = threading.Thread(
-                        target=lambda sent=sent, ids=trickle_ids, stop=stop: sent.extend(
-                            _trickle(producer, ids, rate, stop)
+                    for report in reports:
+                        own = msgspec.structs.replace(
+                            s, bulk_writes_per_s=report.bulk_limit, cache_prefix=f"cfbench-{uuid4().hex[:10]}"
                         )
-                    )
-                    t.start()
-                    try:
-                        report.loaded_per_s.append(round(_backfill(conn, producer, bulk, f"loaded-{rep}"), 1))
-                    finally:
-                        stop.set()
-                        t.join()
-                    time.sleep(1.0)
-                    report.during.append(_latency(conn, sent))
-            finally:
-                stop_workers(proc)
-                app.close()
-    return report
+                        proc = start_workers(own, log=log, processes=processes, threads=threads)
+                        try:
+                            wait_ready(own, proc, processes=processes)
+                            _measure(
+                                conn,
+                                producer,
+                                report,
+                                take,
+                                rate=rate,
+                                samples=samples,
+                                tag=f"{rep}-{report.bulk_limit}",
+                            )
+                        finally:
+                            stop_workers(proc)
+        finally:
+            app.close()
+    return reports
+
+
+def _measure(
+    conn: psycopg.Connection[Any],
+    producer: Any,
+    report: LanesReport,
+    take: Any,
+    *,
+    rate: float,
+    samples: int,
+    tag: str,
+) -> None:
+    alone = take(samples)
+    _trickle(producer, alone, rate, threading.Event())
+    time.sleep(1.0)
+    report.alone.append(_latency(conn, alone))
+    report.unloaded_per_s.append(
+        round(_backfill(conn, producer, take(report.backfill), f"unloaded-{tag}"), 1)
+    )
+    trickle_ids, bulk = take(samples * 50), take(report.backfill)
+    stop = threading.Event()
+    sent: list[int] = []
+    t = threading.Thread(target=lambda: sent.extend(_trickle(producer, trickle_ids, rate, stop)))
+    t.start()
+    try:
+        report.loaded_per_s.append(round(_backfill(conn, producer, bulk, f"loaded-{tag}"), 1))
+    finally:
+        stop.set()
+        t.join()
+    time.sleep(1.0)
+    report.during.append(_latency(conn, sent))

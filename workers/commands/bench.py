@@ -39,6 +39,19 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def limits_list(text: str) -> list[int]:
+    """``0,8000`` -> [0, 8000]: whole numbers >= 0, comma separated."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected whole numbers >= 0, comma separated, got {text!r}"
+        ) from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected whole numbers >= 0, comma separated, got {text!r}")
+    return values
+
+
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
@@ -200,6 +213,13 @@ def register(sub: Any) -> None:
     p.add_argument("--reps", type=count, default=1, help="repetitions (median, min, max)")
     p.add_argument("--processes", type=count, default=2, help="worker processes")
     p.add_argument("--threads", type=count, default=4, help="threads per process")
+    p.add_argument(
+        "--bulk-limits",
+        type=limits_list,
+        default=[0],
+        metavar="N[,N...]",
+        help="bulk lane limits (expenses/s, 0: none) to alternate, workers restarted for each (default 0)",
+    )
     p.set_defaults(func=run_lanes)
 
     p = scenarios_sub.add_parser(
@@ -290,7 +310,7 @@ def run_lanes(settings: Settings, args: argparse.Namespace) -> int:
     """A throwaway database and namespace, real ``catfleet worker`` processes."""
     from workers.bench import lanes
 
-    report = lanes.run(
+    reports = lanes.run(
         settings,
         backfill=args.backfill,
         rate=args.rate,
@@ -298,8 +318,10 @@ def run_lanes(settings: Settings, args: argparse.Namespace) -> int:
         reps=args.reps,
         processes=args.processes,
         threads=args.threads,
+        bulk_limits=args.bulk_limits,
     )
-    print(report.summary())
+    for report in reports:
+        print(report.summary())
     return 0
 
 

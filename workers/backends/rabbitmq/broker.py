@@ -35,6 +35,7 @@ from workers.backends.rabbitmq.queues import (
 from workers.dlq.base import canonical_queue
 from workers.failures import FailureLog, FailureRecord
 from workers.fleet.gate import PauseGate
+from workers.limits import Admission
 from workers.settings import DEFAULT_MAX_MESSAGE_BYTES
 
 #: Where the message id sits in an encoded envelope: near its end, so only the tail is searched
@@ -65,6 +66,8 @@ class FleetRabbitmqBroker(RabbitmqBroker):
         self.delivery_limit = delivery_limit
         #: Queues an operator paused (refreshed by the presence middleware in worker processes).
         self.pause_gate = PauseGate()
+        #: Fleet-wide rate limits on what consumers hand out (set by the worker: workers.limits).
+        self.admission: Admission = Admission()
 
     @property
     def consumer_class(self) -> type[_RabbitmqConsumer]:
@@ -134,11 +137,16 @@ class _BoundedRabbitmqConsumer(_RabbitmqConsumer):
         self.iterator = self._bounded(self.iterator)
         self.timeout_s = timeout / 1000
         self.consuming = True
+        #: A delivered message held back for a rate limit (handed out first, paused or not).
+        self.held: Any = None
 
     def __next__(self) -> Any:
         """While the queue is paused, the channel's consumer is cancelled (RabbitMQ takes back the
         deliveries not handed out yet and sends no more) and the connection is still served: acks
-        of what the process holds go out and heartbeats are answered. On resume it consumes again."""
+        of what the process holds go out and heartbeats are answered. On resume it consumes again.
+        A message over the fleet's rate limit is held while the connection is served likewise."""
+        if self.held is not None:
+            return self._rate_limited(self.held)
         if self.broker.pause_gate.is_paused(self.queue_name):
             try:
                 if self.consuming:
@@ -152,7 +160,20 @@ class _BoundedRabbitmqConsumer(_RabbitmqConsumer):
             consumer = self.channel.consume(self.queue_name, inactivity_timeout=self.timeout_s)
             self.iterator = self._bounded(consumer)
             self.consuming = True
-        return super().__next__()
+        message = super().__next__()
+        return None if message is None else self._rate_limited(message)
+
+    def _rate_limited(self, message: Any) -> Any:
+        wait = self.broker.admission.wait_s(self.queue_name, message)
+        if not wait:
+            self.held = None
+            return message
+        self.held = message
+        try:
+            self.connection.process_data_events(time_limit=wait)
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+            raise ConnectionClosed(e) from None
+        return None
 
     def _bounded(self, deliveries: Iterator[Any]) -> Iterator[Any]:
         """The channel's deliveries, minus the bodies over the limit: those are rejected without

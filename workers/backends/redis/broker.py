@@ -36,6 +36,7 @@ from workers.backends.redis.keys import RedisKeys
 from workers.dlq.base import canonical_queue
 from workers.failures import MAX_ERROR_CHARS, FailureLog, FailureRecord
 from workers.fleet.gate import PauseGate
+from workers.limits import Admission
 from workers.settings import DEFAULT_MAX_MESSAGE_BYTES
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ class SafeRedisBroker(RedisBroker):
         self._wake_lock = threading.Lock()
         #: Queues an operator paused (refreshed by the presence middleware in worker processes).
         self.pause_gate = PauseGate()
+        #: Fleet-wide rate limits on what consumers hand out (set by the worker: workers.limits).
+        self.admission: Admission = Admission()
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -281,6 +284,8 @@ class _SafeRedisConsumer(_RedisConsumer):
         #: Set while the consumer waits for capacity: the next ack or nack wakes it.
         self.full = False
         broker.pause_gate.wake_on_resume(queue_name, self.wake)
+        #: A fetched message held back for a rate limit (handed out first, paused or not).
+        self.held: MessageProxy | None = None
 
     def ack(self, message: Any) -> None:
         try:
@@ -298,6 +303,17 @@ class _SafeRedisConsumer(_RedisConsumer):
         if self.full:
             self.wake.set()
 
+    def _rate_limited(self, message: MessageProxy) -> MessageProxy | None:
+        """``message`` if the fleet's rate limit of this queue admits it now; otherwise it is held
+        (None: an idle poll, so the consumer thread goes on acking) and asked about again."""
+        wait = self.broker.admission.wait_s(self.queue_name, message)
+        if not wait:
+            self.held = None
+            return message
+        self.held = message
+        time.sleep(wait)
+        return None
+
     def _paused(self) -> bool:
         """Paused and holding nothing fetched: wait (until a resume or the timeout), fetch nothing.
         What the consumer already fetched is still handed out (the process finishes it)."""
@@ -312,6 +328,8 @@ class _SafeRedisConsumer(_RedisConsumer):
         consumer's on the queue's wake event (a publish), a full one's (prefetch all handed
         out) on the next ack. Dramatiq instead sleeps its growing idle back-off in both cases, so
         a full consumer can leave a queue waiting for up to ``timeout`` after capacity frees."""
+        if self.held is not None:
+            return self._rate_limited(self.held)
         if self._paused():
             return None
         try:
@@ -323,7 +341,7 @@ class _SafeRedisConsumer(_RedisConsumer):
                         continue
                     self.misses = 0
                     self.queued_message_ids.add(message.message_id)
-                    return MessageProxy(message)
+                    return self._rate_limited(MessageProxy(message))
                 # Clear before looking, so that a publish or an ack from now on ends the wait.
                 self.full = True
                 self.wake.clear()
