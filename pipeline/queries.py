@@ -320,6 +320,8 @@ DELETE FROM dead_letter_index
 WHERE space = %(space)s AND queue_name = %(queue)s AND died_at_ms < %(before)s
   AND NOT (rid = ANY(%(rids)s::text[]))
 """
+#: After a rebuild wrote many rows: the planner's statistics at once.
+ANALYZE_DEAD_LETTER_INDEX: LiteralString = "ANALYZE dead_letter_index"
 #: One letter by message id, with its stored bytes (RabbitMQ ``show``).
 DEAD_LETTER_BY_MESSAGE: LiteralString = """
 SELECT queue_name, rid, died_at_ms, body FROM dead_letter_index

@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 SECOND_LOOK_S = 0.05
 #: Rows written per statement when a queue is rebuilt.
 REBUILD_CHUNK = 2_000
+#: Rows a rebuild writes from which it analyzes the table.
+ANALYZE_AFTER = 10_000
 
 Row = tuple[str, str, int, bytes | None]  # queue, rid (the message id), time of death, stored bytes
 
@@ -197,6 +199,8 @@ class RabbitmqLetterIndex:
             "rids": [r["rid"] for r in rows],
         }
         self.database.db.run(lambda conn: conn.execute(queries.DELETE_DEAD_LETTERS_NOT_IN, keep))
+        if len(rows) >= ANALYZE_AFTER:  # the planner's figures, before autovacuum gets to them
+            self.database.db.run(lambda conn: conn.execute(queries.ANALYZE_DEAD_LETTER_INDEX))
         return len(rows)
 
     # --- who may read an XQ whole ---
