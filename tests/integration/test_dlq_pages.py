@@ -342,3 +342,41 @@ def test_console_pages_older_by_cursor(settings: Settings, tmp_path: Path) -> No
     finally:
         console.stop()
         fleet.close()
+
+
+def test_rabbitmq_bytes_the_consumer_cannot_take_are_indexed_as_it_dead_letters_them(
+    settings: Settings,
+) -> None:
+    """A body Dramatiq cannot decode and one over the size limit: dead-lettered by the consumer
+    itself, indexed by it too (no whole read of the XQ to find them)."""
+    fleet = Fleet("rabbitmq", msgspec.structs.replace(settings, max_message_bytes=2_000))
+    try:
+        store, q = rabbit_store(fleet), fleet.queue
+        big = dramatiq.Message(
+            queue_name=q, actor_name="categorize_batch", args=({"expense_ids": list(range(1, 600))},),
+            kwargs={}, options={},
+        )  # fmt: skip
+        fleet.broker.enqueue(big)  # declares the queue too
+        conn = pika.BlockingConnection(pika.URLParameters(RABBIT_URL))
+        conn.channel().basic_publish("", q, b"{not json")
+        conn.close()
+        consumer = fleet.broker.consume(q, prefetch=1, timeout=200)
+        try:
+
+            def both_dead() -> bool:
+                assert next(consumer) is None  # it dead-letters what it cannot take, hands out nothing
+                return fleet.xq_size() == 2
+
+            wait_for(both_dead, what="both dead-lettered")
+        finally:
+            consumer.close()
+        got = store.page(DeadLetterFilter(queue=q))
+        assert got.total == 2 and store.rebuilds == 0
+        by_payload = {x.payload is None: x for x in got.letters}
+        assert by_payload[True].raw == "{not json"
+        assert (
+            by_payload[False].message_id == big.message_id
+            and by_payload[False].error_type == "MessageTooLarge"
+        )
+    finally:
+        fleet.close()
