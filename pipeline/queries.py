@@ -231,20 +231,109 @@ WHERE space = %(space)s
   AND (%(ids)s::text[] IS NULL OR message_id = ANY(%(ids)s::text[]))
   AND (%(died_after)s::bigint IS NULL OR died_at_ms >= %(died_after)s)
   AND (%(died_before)s::bigint IS NULL OR died_at_ms <= %(died_before)s)
+  AND (%(queues)s::text[] IS NULL OR queue_name = ANY(%(queues)s::text[]))
 """
-#: One page of the matching letters, newest first (``limit`` NULL: all of them).
+#: The page starts after this cursor (newest first: older than it), if one is given. It is not
+#: part of the count: ``total`` is every letter the filter matches.
+_DEAD_LETTER_INDEX_AFTER: LiteralString = """
+  AND (%(after_ms)s::bigint IS NULL OR (died_at_ms, rid) < (%(after_ms)s::bigint, %(after_rid)s::text))
+ORDER BY died_at_ms DESC, rid DESC LIMIT %(limit)s OFFSET %(offset)s
+"""
+#: One page of the matching letters, newest first (``limit`` NULL: all of them), after a cursor.
 PAGE_DEAD_LETTER_INDEX: LiteralString = (
     "SELECT queue_name, rid, died_at_ms FROM dead_letter_index"
     + _DEAD_LETTER_INDEX_WHERE
-    + "ORDER BY died_at_ms DESC, rid DESC LIMIT %(limit)s OFFSET %(offset)s"
+    + _DEAD_LETTER_INDEX_AFTER
+)
+#: The same with the stored bytes (RabbitMQ broker: the page is answered from the index).
+PAGE_DEAD_LETTER_BODIES: LiteralString = (
+    "SELECT queue_name, rid, died_at_ms, body FROM dead_letter_index"
+    + _DEAD_LETTER_INDEX_WHERE
+    + _DEAD_LETTER_INDEX_AFTER
 )
 COUNT_DEAD_LETTER_INDEX: LiteralString = "SELECT count(*) FROM dead_letter_index" + _DEAD_LETTER_INDEX_WHERE
+#: Rows per queue (RabbitMQ broker: compared with each XQ's message count).
+DEAD_LETTER_INDEX_COUNTS: LiteralString = """
+SELECT queue_name, count(*) FROM dead_letter_index
+WHERE space = %(space)s AND queue_name = ANY(%(queues)s::text[]) GROUP BY queue_name
+"""
+#: Counts per actor and per final error type over these queues (RabbitMQ broker).
+DEAD_LETTER_INDEX_QUEUE_FACETS: LiteralString = """
+SELECT CASE WHEN grouping(actor_name) = 0 THEN 'actor' ELSE 'error_type' END,
+       CASE WHEN grouping(actor_name) = 0 THEN actor_name ELSE error_type END, count(*)
+FROM dead_letter_index
+WHERE space = %(space)s AND queue_name = ANY(%(queues)s::text[])
+GROUP BY GROUPING SETS ((actor_name), (error_type))
+"""
+#: A RabbitMQ worker's row for the letter it has just dead-lettered (``nack``): its final error
+#: and time of death from the failure log when it has them already, else left for ``COMPLETE``.
+INSERT_DEAD_LETTER: LiteralString = """
+INSERT INTO dead_letter_index AS d (space, queue_name, rid, message_id, actor_name, error_type, error,
+                                    correlation_id, expense_ids, died_at_ms, body)
+SELECT %(space)s, %(queue_name)s, %(rid)s, %(message_id)s, %(actor_name)s,
+       coalesce(f.error_type, ''), coalesce(left(f.error, %(error_chars)s), ''), %(correlation_id)s,
+       %(expense_ids)s::bigint[], coalesce(f.at_ms, %(died_at_ms)s), %(body)s
+FROM (SELECT 1) AS one
+LEFT JOIN LATERAL (
+    SELECT error_type, error, CASE WHEN dead THEN at_ms END AS at_ms FROM message_failures
+    WHERE message_id = %(message_id)s ORDER BY dead DESC, id DESC LIMIT 1
+) AS f ON true
+ON CONFLICT (space, queue_name, rid) DO UPDATE SET
+    message_id = EXCLUDED.message_id, actor_name = EXCLUDED.actor_name,
+    error_type = EXCLUDED.error_type, error = EXCLUDED.error,
+    correlation_id = EXCLUDED.correlation_id, expense_ids = EXCLUDED.expense_ids,
+    died_at_ms = EXCLUDED.died_at_ms, body = EXCLUDED.body
+"""
+#: Rows written before their failure was recorded (no final error yet): completed from the
+#: failure log (the final error: the last dead record, else the last one).
+COMPLETE_DEAD_LETTER_INDEX: LiteralString = """
+UPDATE dead_letter_index d
+SET error_type = f.error_type, error = left(f.error, %(error_chars)s),
+    died_at_ms = CASE WHEN f.dead THEN f.at_ms ELSE d.died_at_ms END
+FROM dead_letter_index x
+CROSS JOIN LATERAL (
+    SELECT error_type, error, dead, at_ms FROM message_failures
+    WHERE message_id = x.message_id ORDER BY dead DESC, id DESC LIMIT 1
+) AS f
+WHERE x.space = %(space)s AND x.error_type = '' AND x.queue_name = ANY(%(queues)s::text[])
+  AND d.space = x.space AND d.queue_name = x.queue_name AND d.rid = x.rid
+"""
+#: Rows from a JSON array of objects with their stored bytes (hex): a RabbitMQ XQ read whole.
+UPSERT_DEAD_LETTER_BODIES: LiteralString = """
+INSERT INTO dead_letter_index AS d (space, queue_name, rid, message_id, actor_name, error_type, error,
+                                    correlation_id, expense_ids, died_at_ms, body)
+SELECT %(space)s, x.queue_name, x.rid, x.message_id, x.actor_name, x.error_type, x.error,
+       x.correlation_id, coalesce(x.expense_ids, '{}'), x.died_at_ms, decode(x.body, 'hex')
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS x(queue_name text, rid text, message_id text,
+     actor_name text, error_type text, error text, correlation_id text, expense_ids bigint[],
+     died_at_ms bigint, body text)
+ON CONFLICT (space, queue_name, rid) DO UPDATE SET
+    message_id = EXCLUDED.message_id, actor_name = EXCLUDED.actor_name,
+    error_type = EXCLUDED.error_type, error = EXCLUDED.error,
+    correlation_id = EXCLUDED.correlation_id, expense_ids = EXCLUDED.expense_ids,
+    died_at_ms = EXCLUDED.died_at_ms, body = EXCLUDED.body
+"""
+#: After a whole XQ was read: the queue's rows of letters it no longer has (written before the
+#: read began: a worker's row for a letter that arrived during the read is kept).
+DELETE_DEAD_LETTERS_NOT_IN: LiteralString = """
+DELETE FROM dead_letter_index
+WHERE space = %(space)s AND queue_name = %(queue)s AND died_at_ms < %(before)s
+  AND NOT (rid = ANY(%(rids)s::text[]))
+"""
+#: After a rebuild wrote many rows: the planner's statistics at once.
+ANALYZE_DEAD_LETTER_INDEX: LiteralString = "ANALYZE dead_letter_index"
+#: One letter by message id, with its stored bytes (RabbitMQ ``show``).
+DEAD_LETTER_BY_MESSAGE: LiteralString = """
+SELECT queue_name, rid, died_at_ms, body FROM dead_letter_index
+WHERE space = %(space)s AND message_id = %(message_id)s AND queue_name = ANY(%(queues)s::text[])
+ORDER BY died_at_ms DESC LIMIT 1
+"""
 #: Counts per actor and per final error type (the console's filter choices).
 DEAD_LETTER_INDEX_FACETS: LiteralString = """
-SELECT 'actor', actor_name, count(*) FROM dead_letter_index WHERE space = %(space)s GROUP BY actor_name
-UNION ALL
-SELECT 'error_type', error_type, count(*) FROM dead_letter_index WHERE space = %(space)s
-GROUP BY error_type
+SELECT CASE WHEN grouping(actor_name) = 0 THEN 'actor' ELSE 'error_type' END,
+       CASE WHEN grouping(actor_name) = 0 THEN actor_name ELSE error_type END, count(*)
+FROM dead_letter_index WHERE space = %(space)s
+GROUP BY GROUPING SETS ((actor_name), (error_type))
 """
 #: Rows already indexed among these rids, with the time of death they were indexed under.
 KNOWN_DEAD_LETTERS: LiteralString = """

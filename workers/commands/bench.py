@@ -225,7 +225,12 @@ def register(sub: Any) -> None:
     p = scenarios_sub.add_parser(
         "console", help="console pages timed with N dead letters and M worker records; broker commands/s"
     )
-    p.add_argument("--letters", type=count, default=100_000, help="dead letters in Redis")
+    p.add_argument("--letters", type=count, default=100_000, help="dead letters")
+    p.add_argument(
+        "--broker", choices=("redis", "rabbitmq"), default="redis",
+        help="a private redis-server, or a private vhost on the local RabbitMQ (rabbitmqctl)",
+    )  # fmt: skip
+    p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/", help="the RabbitMQ to use")
     p.add_argument("--workers", type=count, default=20, help="worker process records (with heartbeats)")
     p.add_argument("--reps", type=count, default=15, help="requests per page after the first")
     p.add_argument("--watch", type=number, default=10.0, help="seconds the broker's commands are counted")
@@ -339,6 +344,8 @@ def run_console(settings: Settings, args: argparse.Namespace) -> int:
             reps=args.reps,
             watch_s=args.watch,
             log=Path(tmp) / "console.log",
+            broker=args.broker,
+            amqp_url=args.amqp_url,
         )
     print(msgspec.json.encode(report).decode() if args.json else console.render(report))
     return 0

@@ -43,6 +43,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def cursor(text: str) -> str:
+    from workers.dlq.base import parse_cursor
+
+    try:
+        parse_cursor(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def register(sub: Any) -> None:
     """Add ``dlq`` and its subcommands to the ``catfleet`` parser."""
     p = sub.add_parser("dlq", help="list, show, replay and purge dead-lettered messages")
@@ -68,6 +78,12 @@ def register(sub: Any) -> None:
         "--limit", type=positive_int, help=f"at most this many (newest first; default {DEFAULT_LIST_LIMIT})"
     )
     q.add_argument("--all", action="store_true", help="every matching letter, however many")
+    q.add_argument(
+        "--after",
+        type=cursor,
+        metavar="CURSOR",
+        help="the page after this cursor (the next_cursor of --json, or the one printed on stderr)",
+    )
     q = dlq.add_parser("show", help="one dead letter: the whole message and its failure history")
     q.add_argument("id", help="message id")
     q.add_argument("--json", action="store_true", help="machine-readable output")
@@ -107,23 +123,13 @@ def _filter(args: argparse.Namespace) -> DeadLetterFilter:
 def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     from workers.dlq import open_store
 
-    if _needs_database(args):
-        _check_database(settings)
     store = open_store(settings)
     try:
+        if args.dlq_command != "list" or store.lists_from_database(_filter(args)):
+            _check_database(settings)  # the audit trail, the dead-letter index
         return _run(store, args)
     finally:
         store.close()
-
-
-def _needs_database(args: argparse.Namespace) -> bool:
-    """Everything but a list by queue and age reads or writes PostgreSQL: the audit trail, and
-    with Redis the dead-letter index."""
-    from workers.backends.redis.deadletters import INDEXED_FIELDS
-
-    if args.dlq_command != "list":
-        return True
-    return any(getattr(_filter(args), name) for name in INDEXED_FIELDS)
 
 
 def _check_database(settings: Settings) -> None:
@@ -159,7 +165,7 @@ def _run(store: DeadLetterStore, args: argparse.Namespace) -> int:
             letters = store.find(flt)
             page = _page(letters, len(letters))
         else:
-            page = store.page(flt, limit=args.limit or DEFAULT_LIST_LIMIT)
+            page = store.page(flt, limit=args.limit or DEFAULT_LIST_LIMIT, after=args.after)
         return _print_list(page, args.json)
     if flt.is_empty and not args.all:
         raise SystemExit(f"catfleet dlq {command}: give message ids, a filter, or --all")
@@ -235,7 +241,8 @@ def _print_list(page: Page, as_json: bool) -> int:
         for row in rows:
             for field in ("payload", "history", "raw", "actions"):
                 row.pop(field, None)
-        print(json.dumps({"letters": rows, "total": page.total, "offset": page.offset, "limit": page.limit}))
+        doc = {"letters": rows, "total": page.total, "offset": page.offset, "limit": page.limit}
+        print(json.dumps({**doc, "after": page.after, "next_cursor": page.next_cursor}))
         return 0
     print(f"{'message id':36}  {'queue':12}  {'actor':18}  {'ids':>5}  {'died (UTC)':19}  final error")
     for x in page.letters:
@@ -245,13 +252,17 @@ def _print_list(page: Page, as_json: bool) -> int:
             f"{x.message_id:36}  {x.queue_name:12}  {x.actor_name:18}  {ids:>5}  {_when(x.died_at_ms)}  {error}"
         )
     shown = len(page.letters)
-    if shown >= page.total:
+    if page.after is not None:
+        print(f"{shown} of {page.total} dead letter(s), older than the cursor")
+    elif shown >= page.total:
         print(f"{page.total} dead letter(s)")
     else:
         more = page.total - shown
         print(
             f"{shown} of {page.total} dead letter(s), newest first; {more} more: --limit {page.total} or --all"
         )
+    if page.next_cursor is not None:  # a hint, beside the listing
+        print(f"next page: --after {page.next_cursor}", file=sys.stderr)
     return 0
 
 

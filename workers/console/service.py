@@ -107,8 +107,11 @@ class Console:
 
     # dead letters ----------------------------------------------------------------------------
 
-    def dead_letters(self, filter: DeadLetterFilter, *, offset: int = 0, limit: int = 50) -> Page:
-        return self.dead.page(filter, offset=max(offset, 0), limit=min(max(limit, 1), MAX_PAGE))
+    def dead_letters(
+        self, filter: DeadLetterFilter, *, offset: int = 0, limit: int = 50, after: str | None = None
+    ) -> Page:
+        """One page, newest first: after the cursor ``after`` (a page's ``next_cursor``), if given."""
+        return self.dead.page(filter, offset=max(offset, 0), limit=min(max(limit, 1), MAX_PAGE), after=after)
 
     @cachetools.cachedmethod(lambda self: self._facets, lock=lambda self: self._facets_lock)
     def facets(self) -> dict[str, dict[str, int]]:

@@ -40,7 +40,7 @@ from workers.commands.args import duration
 from workers.console.service import Console, LiveFeed
 from workers.console.users import User, check
 from workers.display import format_age, format_time
-from workers.dlq.base import DeadLetterFilter
+from workers.dlq.base import DeadLetterFilter, parse_cursor
 from workers.fleet.state import BUCKETS
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -100,6 +100,18 @@ def _filter(params: Any) -> DeadLetterFilter:
         )
     except (ValueError, argparse.ArgumentTypeError) as exc:
         raise HttpError(400, f"bad filter: {exc}") from None
+
+
+def _cursor(params: Any) -> str | None:
+    """The ``after`` cursor of a dead-letter page (a page's ``next_cursor``), checked."""
+    value = str(params.get("after") or "").strip()
+    if not value:
+        return None
+    try:
+        parse_cursor(value)
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
+    return value
 
 
 def _int(params: Any, name: str, default: int) -> int:
@@ -286,9 +298,9 @@ class ConsoleWeb:
         q = request.query_params
         flt = _filter(q)
         offset, limit = _int(q, "offset", 0), _int(q, "limit", 50)
-        found = await self.run(self.console.dead_letters, flt, offset=offset, limit=limit)
+        found = await self.run(self.console.dead_letters, flt, offset=offset, limit=limit, after=_cursor(q))
         facets = await self.run(self.console.facets)
-        query = {k: v for k, v in q.items() if k not in ("offset",) and v}
+        query = {k: v for k, v in q.items() if k not in ("offset", "after") and v}
         return self.page(
             request, "dead_letters.html", {"page": found, "facets": facets, "f": q, "query": query}
         )
@@ -376,7 +388,11 @@ class ConsoleWeb:
         q = request.query_params
         return self.api(
             await self.run(
-                self.console.dead_letters, _filter(q), offset=_int(q, "offset", 0), limit=_int(q, "limit", 50)
+                self.console.dead_letters,
+                _filter(q),
+                offset=_int(q, "offset", 0),
+                limit=_int(q, "limit", 50),
+                after=_cursor(q),
             )
         )
 

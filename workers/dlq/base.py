@@ -128,6 +128,25 @@ class Page(msgspec.Struct, kw_only=True):
     total: int
     offset: int
     limit: int
+    #: The cursor this page was read after (None: from the newest).
+    after: str | None = None
+    #: Give it as ``after`` for the next (older) page; None: this page is the last.
+    next_cursor: str | None = None
+
+
+def cursor_of(died_at_ms: int, rid: str) -> str:
+    """A page cursor: the time of death and the store's id of the last letter of a page. Pages are
+    ordered by (time of death, id), newest first, so the next page is what sorts below it: a
+    keyset, not an offset (a deep page costs what the first does)."""
+    return f"{died_at_ms}:{rid}"
+
+
+def parse_cursor(text: str) -> tuple[int, str]:
+    """(time of death, id) of a cursor; ``ValueError`` if ``text`` is not one."""
+    ms, sep, rid = text.partition(":")
+    if not sep or not rid or not ms.lstrip("-").isdigit():
+        raise ValueError(f"not a page cursor: {text[:80]!r}")
+    return int(ms), rid
 
 
 class ActionReport(msgspec.Struct, kw_only=True):
@@ -300,6 +319,10 @@ class DeadLetterStore(abc.ABC):
     @abc.abstractmethod
     def session(self) -> AbstractContextManager[Session]: ...
 
+    def lists_from_database(self, filter: DeadLetterFilter) -> bool:
+        """Whether a page of what ``filter`` matches reads PostgreSQL (the dead-letter index)."""
+        return True
+
     def count(self, action: Action, queue_name: str) -> None:  # noqa: B027 - optional hook
         """Count a replayed or purged letter for the metrics (where the broker has a place for it)."""
 
@@ -312,13 +335,34 @@ class DeadLetterStore(abc.ABC):
         with self.session() as session:
             return session.choose(filter or DeadLetterFilter(), limit)
 
-    def page(self, filter: DeadLetterFilter, *, offset: int = 0, limit: int = 50) -> Page:
-        """One page of what ``filter`` matches, newest first, and how many match. Here: every
-        letter is looked at (a store that can do better overrides it)."""
+    def page(
+        self, filter: DeadLetterFilter, *, offset: int = 0, limit: int = 50, after: str | None = None
+    ) -> Page:
+        """One page of what ``filter`` matches, newest first, and how many match: the ``limit``
+        letters after the cursor ``after`` (a page's ``next_cursor``; None: from the newest), less
+        the first ``offset``. Here: every letter is looked at (a store that can do better
+        overrides it)."""
         offset, limit = max(offset, 0), max(limit, 0)
         with self.session() as session:
             chosen = session.choose(filter, None)
-        return Page(letters=chosen[offset : offset + limit], total=len(chosen), offset=offset, limit=limit)
+        start = 0
+        if after is not None:
+            ms, rid = parse_cursor(after)
+            keys = [(x.died_at_ms, x.message_id) for x in chosen]
+            start = next((i + 1 for i, k in enumerate(keys) if k == (ms, rid)), None) or next(
+                (i for i, k in enumerate(keys) if k[0] < ms), len(chosen)
+            )
+        shown = chosen[start + offset : start + offset + limit]
+        more = start + offset + limit < len(chosen)
+        last = shown[-1] if shown and more else None
+        return Page(
+            letters=shown,
+            total=len(chosen),
+            offset=offset,
+            limit=limit,
+            after=after,
+            next_cursor=cursor_of(last.died_at_ms, last.message_id) if last else None,
+        )
 
     def facets(self) -> dict[str, dict[str, int]]:
         """Dead letters per ``queue``, per ``actor`` and per final ``error_type``."""

@@ -21,6 +21,7 @@ from workers.backends.rabbitmq.broker import FleetRabbitmqBroker
 from workers.backends.rabbitmq.clusterdlq import ClusterDeadLetterStore
 from workers.backends.rabbitmq.deadletters import RabbitmqDeadLetterStore
 from workers.backends.rabbitmq.fleetstate import PostgresFleetState
+from workers.backends.rabbitmq.letterindex import RabbitmqLetterIndex
 from workers.backends.rabbitmq.queues import QueueMismatch
 from workers.backends.rabbitmq.records import PostgresDeliveryCounter, PostgresFailureLog
 from workers.backends.rabbitmq.urls import node_urls
@@ -65,6 +66,8 @@ class RabbitmqBackend(Backend):
         self.url = ";".join(self.urls)
         self.database = LazyDatabase(settings.database_url)
         self._failures = PostgresFailureLog(self.database)
+        #: The dead-letter index of this broker's vhost (one vhost for all the nodes).
+        self.letter_index = RabbitmqLetterIndex(self.database, pika.URLParameters(self.urls[0]).virtual_host)
         self._deliveries = PostgresDeliveryCounter(self.database)
         self._stats_broker: FleetRabbitmqBroker | None = None
         self._lock = threading.Lock()
@@ -83,6 +86,7 @@ class RabbitmqBackend(Backend):
             confirm_delivery=True,
             middleware=middleware,
             failure_log=self._failures,
+            dead_letter_index=self.letter_index,
             max_message_bytes=self.settings.max_message_bytes,
             **self._queue_options(),
         )
@@ -96,11 +100,14 @@ class RabbitmqBackend(Backend):
     def dead_letters(
         self, audit: AuditLog, *, queues: Sequence[str] = FLEET_QUEUES
     ) -> RabbitmqDeadLetterStore:
-        """``queues``' dead letters (AMQP cannot list queues)."""
+        """``queues``' dead letters (AMQP cannot list queues), paged from the dead-letter index."""
+        index = self.letter_index
         if len(self.urls) == 1 and self.settings.rabbitmq_queue_type == "classic":
-            return RabbitmqDeadLetterStore(self.url, queues, failures=self._failures, audit=audit)
+            return RabbitmqDeadLetterStore(
+                self.url, queues, failures=self._failures, audit=audit, index=index
+            )
         return ClusterDeadLetterStore(
-            self.urls, queues, failures=self._failures, audit=audit, **self._queue_options()
+            self.urls, queues, failures=self._failures, audit=audit, index=index, **self._queue_options()
         )
 
     def fleet_state(self) -> PostgresFleetState:

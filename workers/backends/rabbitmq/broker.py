@@ -24,6 +24,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
 from dramatiq.common import dq_name, xq_name
 from dramatiq.errors import ConnectionClosed
 
+from workers.backends.rabbitmq.letterindex import RabbitmqLetterIndex
 from workers.backends.rabbitmq.queues import (
     QueueMismatch,
     QueueType,
@@ -52,6 +53,7 @@ class FleetRabbitmqBroker(RabbitmqBroker):
         self,
         *,
         failure_log: FailureLog | None = None,
+        dead_letter_index: RabbitmqLetterIndex | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         queue_type: QueueType = "classic",
         delivery_limit: int | None = None,
@@ -61,6 +63,8 @@ class FleetRabbitmqBroker(RabbitmqBroker):
         ``workers.backends.rabbitmq.queues``; the rest is Dramatiq's ``RabbitmqBroker``'s."""
         super().__init__(**kwargs)
         self.failure_log = failure_log
+        #: Where the consumer writes the row of each letter it dead-letters (None: nowhere).
+        self.dead_letter_index = dead_letter_index
         self.max_message_bytes = max_message_bytes
         self.queue_type: QueueType = queue_type
         self.delivery_limit = delivery_limit
@@ -139,6 +143,9 @@ class _BoundedRabbitmqConsumer(_RabbitmqConsumer):
         self.consuming = True
         #: A delivered message held back for a rate limit (handed out first, paused or not).
         self.held: Any = None
+        #: The delivered bytes of each message handed out, by delivery tag, until its ack or nack.
+        self.bodies: dict[int, bytes] = {}
+        self._last: tuple[int, bytes] | None = None
 
     def __next__(self) -> Any:
         """While the queue is paused, the channel's consumer is cancelled (RabbitMQ takes back the
@@ -160,8 +167,14 @@ class _BoundedRabbitmqConsumer(_RabbitmqConsumer):
             consumer = self.channel.consume(self.queue_name, inactivity_timeout=self.timeout_s)
             self.iterator = self._bounded(consumer)
             self.consuming = True
-        message = super().__next__()
-        return None if message is None else self._rate_limited(message)
+        got = super().__next__()
+        last, self._last = self._last, None
+        if last is not None:
+            if got is None:  # Dramatiq's consumer nacked bytes it cannot decode: a dead letter
+                self._indexed(last[1])
+            else:
+                self.bodies[last[0]] = last[1]
+        return None if got is None else self._rate_limited(got)
 
     def _rate_limited(self, message: Any) -> Any:
         wait = self.broker.admission.wait_s(self.queue_name, message)
@@ -175,6 +188,27 @@ class _BoundedRabbitmqConsumer(_RabbitmqConsumer):
             raise ConnectionClosed(e) from None
         return None
 
+    def ack(self, message: Any) -> None:
+        self.bodies.pop(message._tag, None)
+        super().ack(message)
+
+    def nack(self, message: Any) -> None:
+        """Dead-letter the message, then write its row in the dead-letter index (the failure log
+        has its final error already: the failures middleware records it before the nack)."""
+        body = self.bodies.pop(message._tag, None)
+        super().nack(message)
+        if body is not None:
+            self._indexed(body)
+
+    def _indexed(self, body: bytes) -> None:
+        index = self.broker.dead_letter_index
+        if index is None:
+            return
+        try:
+            index.add(canonical_queue(self.queue_name), body)
+        except Exception:  # best effort: the store rebuilds a queue whose rows miss a letter
+            self.logger.warning("Could not index a dead letter of queue %r", self.queue_name, exc_info=True)
+
     def _bounded(self, deliveries: Iterator[Any]) -> Iterator[Any]:
         """The channel's deliveries, minus the bodies over the limit: those are rejected without
         requeue (to the dead-letter queue) and yielded as an empty poll."""
@@ -183,6 +217,7 @@ class _BoundedRabbitmqConsumer(_RabbitmqConsumer):
                 self._reject_too_large(method.delivery_tag, body)
                 yield None, None, None
                 continue
+            self._last = None if method is None else (method.delivery_tag, body)
             yield method, properties, body
 
     def _reject_too_large(self, tag: int, body: bytes) -> None:
@@ -197,6 +232,7 @@ class _BoundedRabbitmqConsumer(_RabbitmqConsumer):
             "Dead-lettered message %s on queue %r: MessageTooLarge: %s", message_id, self.queue_name, error
         )
         if self.broker.failure_log is None:
+            self._indexed(body)
             return
         try:
             self.broker.failure_log.record(
@@ -213,3 +249,4 @@ class _BoundedRabbitmqConsumer(_RabbitmqConsumer):
             )
         except Exception:
             self.logger.exception("Could not record why message %r was dead-lettered", message_id)
+        self._indexed(body)

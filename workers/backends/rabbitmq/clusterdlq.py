@@ -5,16 +5,15 @@ refused (``PRECONDITION_FAILED``); a queue of the other type is ``QueueMismatch`
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Sequence
 
 import pika
 import pika.exceptions
 
 from workers.backends.rabbitmq.deadletters import RabbitmqDeadLetterStore, _RabbitmqSession
+from workers.backends.rabbitmq.letterindex import RabbitmqLetterIndex
 from workers.backends.rabbitmq.queues import QueueType, mismatch, queue_arguments
-from workers.dlq.base import AuditLog, DeadLetter, Session, replay_payload
+from workers.dlq.base import AuditLog, DeadLetter
 from workers.failures import FailureLog
 
 
@@ -28,20 +27,15 @@ class ClusterDeadLetterStore(RabbitmqDeadLetterStore):
         audit: AuditLog,
         queue_type: QueueType,
         delivery_limit: int,
+        index: RabbitmqLetterIndex | None = None,
     ):
-        super().__init__(urls[0], queues, failures=failures, audit=audit)
+        super().__init__(urls[0], queues, failures=failures, audit=audit, index=index)
         self.node_parameters = [pika.URLParameters(u) for u in urls]
         self.queue_type: QueueType = queue_type
         self.delivery_limit = delivery_limit
 
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        connection = pika.BlockingConnection(self.node_parameters)
-        try:
-            yield _ClusterSession(self, connection)
-        finally:
-            if connection.is_open:
-                connection.close()  # unacked dead letters go back to their XQ
+    def connect(self) -> pika.BlockingConnection:
+        return pika.BlockingConnection(self.node_parameters)  # unacked dead letters go back on close
 
 
 class _ClusterSession(_RabbitmqSession):
@@ -60,16 +54,10 @@ class _ClusterSession(_RabbitmqSession):
             if found is None:
                 raise
             raise found from None
-        options: dict[str, Any] = letter.payload.get("options") or {}
-        self.channel.basic_publish(
-            exchange="",
-            routing_key=queue,
-            body=replay_payload(letter.payload),
-            properties=pika.BasicProperties(delivery_mode=2, priority=options.get("broker_priority")),
-            mandatory=True,
-        )  # with confirms: returns once the broker has it, raises otherwise
-        self.channel.basic_ack(self.tags[id(letter)])
+        self._publish(letter)
         return True
 
+
+ClusterDeadLetterStore.session_class = _ClusterSession
 
 __all__ = ["ClusterDeadLetterStore"]

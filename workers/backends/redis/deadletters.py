@@ -31,7 +31,6 @@ from dramatiq.brokers.redis import DEFAULT_DEAD_MESSAGE_TTL
 
 from pipeline import queries
 from pipeline.errors import DatabaseError
-from schemas.messages import MAX_TEXT_CHARS
 from workers.backends.base import FLEET_QUEUES
 from workers.backends.redis.keys import RedisKeys
 from workers.dlq.base import (
@@ -43,12 +42,15 @@ from workers.dlq.base import (
     Page,
     PostgresAuditLog,
     Session,
+    cursor_of,
     decode_payload,
     iter_chunks,
     now_ms,
+    parse_cursor,
     replay_payload,
     select,
 )
+from workers.dlq.index import index_row
 from workers.failures import FailureLog, LazyDatabase
 
 logger = logging.getLogger(__name__)
@@ -84,20 +86,19 @@ INDEX_CHUNK = 2_000
 #: A letter is indexed if it died after its queue's mark less this: a worker whose clock is up to
 #: this far behind still has its letters indexed (keep the fleet's clocks in NTP sync).
 INDEX_OVERLAP_MS = 30_000
-#: Characters of the final error kept in the index (the ``error`` filter looks at these).
-INDEX_ERROR_CHARS = 500
-#: Longest rid, queue, message id, actor or error type indexed (longer ones: not the fleet's).
-INDEX_KEY_CHARS = 512
-BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 #: How long the list of queues with a dead-letter queue (one SCAN of the namespace) is reused.
 QUEUES_TTL_S = 10.0
 #: Times a query is run again when the page it read had stale index rows.
 STALE_RETRIES = 3
+#: Letters of one queue that died in the same millisecond as a page's cursor looked at for the
+#: next page (more in one millisecond than this: the next page may skip some of them).
+MAX_TIES = 1_000
 
 #: The filters only the index answers (a queue and an age the XQ sorted sets answer).
 INDEXED_FIELDS = ("ids", "actor", "error", "error_type", "expense_id", "correlation_id")
 
 Row = tuple[str, str, int]  # queue, rid, time of death (ms)
+Cursor = tuple[int, str]  # time of death (ms), rid: a page starts below it
 
 
 class RedisDeadLetterStore(DeadLetterStore):
@@ -129,6 +130,10 @@ class RedisDeadLetterStore(DeadLetterStore):
         """The index rows of this namespace."""
         return self.keys.namespace
 
+    def lists_from_database(self, filter: DeadLetterFilter) -> bool:
+        """Only the filters the XQ sorted sets cannot answer go through the index."""
+        return self.database is not None and any(getattr(filter, name) for name in INDEXED_FIELDS)
+
     def count(self, action: Action, queue_name: str) -> None:
         """Counted in the broker's Redis (any host): exported as ``catfleet_dead_letter_replays_total``
         / ``_purges_total`` by every host's collector."""
@@ -154,13 +159,27 @@ class RedisDeadLetterStore(DeadLetterStore):
 
     # --- queries ---
 
-    def page(self, filter: DeadLetterFilter, *, offset: int = 0, limit: int = 50) -> Page:
+    def page(
+        self, filter: DeadLetterFilter, *, offset: int = 0, limit: int = 50, after: str | None = None
+    ) -> Page:
+        """After a cursor (``after``): the XQ sorted sets from below its score, or the index by
+        (time of death, rid) below it; either way a deep page costs what the first does."""
         offset, limit = max(offset, 0), max(limit, 0)
         if self.database is None:
-            return super().page(filter, offset=offset, limit=limit)
-        rows, total = self.rows(filter, offset=offset, limit=limit)
+            return super().page(filter, offset=offset, limit=limit, after=after)
+        cursor = parse_cursor(after) if after is not None else None
+        rows, total = self.rows(filter, offset=offset, limit=limit + 1, after=cursor)
+        more, rows = len(rows) > limit, rows[:limit]
         letters, _ = self.load(rows)
-        return Page(letters=letters, total=total, offset=offset, limit=limit)
+        last = rows[-1] if more and rows else None
+        return Page(
+            letters=letters,
+            total=total,
+            offset=offset,
+            limit=limit,
+            after=after,
+            next_cursor=cursor_of(last[2], last[1]) if last else None,
+        )
 
     def facets(self) -> dict[str, dict[str, int]]:
         """Per queue: the XQ's size (exact). Per actor and final error type: from the index (rows
@@ -185,24 +204,29 @@ class RedisDeadLetterStore(DeadLetterStore):
         return out
 
     def rows(
-        self, filter: DeadLetterFilter, *, offset: int = 0, limit: int | None = None
+        self,
+        filter: DeadLetterFilter,
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        after: Cursor | None = None,
     ) -> tuple[list[Row], int]:
-        """The (queue, rid, time of death) of one page of what ``filter`` matches, newest first,
-        and how many match."""
+        """The (queue, rid, time of death) of one page of what ``filter`` matches, newest first
+        (below the cursor ``after``, if given), and how many match."""
         queues = self._queues_of(filter)
         if not queues:
             return [], 0
         lo, hi = filter.died_between(now_ms())
         if not any(getattr(filter, name) for name in INDEXED_FIELDS):
-            return self._xq_rows(queues, lo, hi, offset, limit)
+            return self._xq_rows(queues, lo, hi, offset, limit, after)
         self.catch_up(queues)
         for _ in range(STALE_RETRIES):
-            rows, total = self._index_rows(filter, lo, hi, offset, limit)
+            rows, total = self._index_rows(filter, lo, hi, offset, limit, after)
             stale = self._stale(rows)
             if not stale:
                 return rows, total
             self._forget(stale)
-        rows, total = self._index_rows(filter, lo, hi, offset, limit)
+        rows, total = self._index_rows(filter, lo, hi, offset, limit, after)
         left = set(self._stale(rows))
         return [r for r in rows if r not in left], total
 
@@ -215,29 +239,63 @@ class RedisDeadLetterStore(DeadLetterStore):
         return bool(self.client.exists(self.keys.dead(queue)))
 
     def _xq_rows(
-        self, queues: list[str], lo: int | None, hi: int | None, offset: int, limit: int | None
+        self,
+        queues: list[str],
+        lo: int | None,
+        hi: int | None,
+        offset: int,
+        limit: int | None,
+        after: Cursor | None = None,
     ) -> tuple[list[Row], int]:
+        """From the XQ sorted sets: per queue its count and its newest ``offset + limit`` below the
+        cursor (``ZREVRANGEBYSCORE (ms low LIMIT``, and the cursor's own millisecond for its ties),
+        merged by (time of death, rid)."""
         low, high = "-inf" if lo is None else lo, "+inf" if hi is None else hi
         want = None if limit is None else offset + limit
+        ties = after is not None and (hi is None or after[0] <= hi) and (lo is None or after[0] >= lo)
+        if after is not None and (hi is None or after[0] <= hi):
+            high = f"({after[0]}"
         with self.client.pipeline(transaction=False) as pipe:
             for q in queues:
-                pipe.zcount(self.keys.dead(q), low, high)
+                pipe.zcount(self.keys.dead(q), low, "+inf" if hi is None else hi)
                 if want is None:
                     pipe.zrevrangebyscore(self.keys.dead(q), high, low, withscores=True)
                 else:
                     pipe.zrevrangebyscore(self.keys.dead(q), high, low, start=0, num=want, withscores=True)
+            if ties:
+                assert after is not None
+                for q in queues:
+                    num = (want or 0) + MAX_TIES
+                    pipe.zrevrangebyscore(
+                        self.keys.dead(q), after[0], after[0], start=0, num=num, withscores=True
+                    )
             replies = pipe.execute()
-        total = sum(int(n) for n in replies[0::2])
+        n = len(queues)
+        total = sum(int(x) for x in replies[0 : 2 * n : 2])
         merged = [
             (q, rid.decode(), int(score))
-            for q, entries in zip(queues, replies[1::2], strict=True)
+            for q, entries in zip(queues, replies[1 : 2 * n : 2], strict=True)
             for rid, score in entries
         ]
+        if ties:
+            assert after is not None
+            merged += [
+                (q, rid.decode(), int(score))
+                for q, entries in zip(queues, replies[2 * n :], strict=True)
+                for rid, score in entries
+                if rid.decode() < after[1]
+            ]
         merged.sort(key=lambda r: (r[2], r[1]), reverse=True)
         return merged[offset : None if want is None else want], total
 
     def _index_rows(
-        self, filter: DeadLetterFilter, lo: int | None, hi: int | None, offset: int, limit: int | None
+        self,
+        filter: DeadLetterFilter,
+        lo: int | None,
+        hi: int | None,
+        offset: int,
+        limit: int | None,
+        after: Cursor | None = None,
     ) -> tuple[list[Row], int]:
         assert self.database is not None
         params = {
@@ -251,6 +309,9 @@ class RedisDeadLetterStore(DeadLetterStore):
             "ids": list(filter.ids) or None,
             "died_after": lo,
             "died_before": hi,
+            "queues": None,
+            "after_ms": None if after is None else after[0],
+            "after_rid": None if after is None else after[1],
             "limit": limit,
             "offset": offset,
         }
@@ -258,7 +319,7 @@ class RedisDeadLetterStore(DeadLetterStore):
         def query(conn: Any) -> tuple[list[Row], int]:
             # unprepared: planned with the values, so the absent filters fold away
             found = conn.execute(queries.PAGE_DEAD_LETTER_INDEX, params, prepare=False).fetchall()
-            if offset == 0 and (limit is None or len(found) < limit):
+            if after is None and offset == 0 and (limit is None or len(found) < limit):
                 total = len(found)
             else:
                 total = conn.execute(queries.COUNT_DEAD_LETTER_INDEX, params, prepare=False).fetchone()[0]
@@ -388,25 +449,11 @@ class RedisDeadLetterStore(DeadLetterStore):
         ]
         letters, where = self.load(fresh) if fresh else ([], {})
         died_of = {rid: died for _, rid, died in fresh}
-        rows = []
-        for x in letters:
-            rid = where[id(x)][1]
-            if len(rid) > INDEX_KEY_CHARS or len(queue) > INDEX_KEY_CHARS:
-                continue  # not an id the fleet makes: listed, not indexed
-            rows.append(
-                {
-                    "queue_name": queue,
-                    "rid": rid,
-                    "message_id": _text(x.message_id, INDEX_KEY_CHARS) or rid,
-                    "actor_name": _text(x.actor_name, INDEX_KEY_CHARS) or "",
-                    "error_type": _text(x.error_type, INDEX_KEY_CHARS) or "",
-                    "error": _text(x.error, INDEX_ERROR_CHARS, clip=True) or "",
-                    "correlation_id": _text(x.correlation_id, MAX_TEXT_CHARS),
-                    "expense_ids": [i for i in x.expense_ids or () if BIGINT_MIN <= i <= BIGINT_MAX],
-                    # the XQ's time of death (the failure log's may differ by milliseconds)
-                    "died_at_ms": died_of[rid],
-                }
-            )
+        rows = [
+            row
+            for x in letters
+            if (row := index_row(x, queue, (rid := where[id(x)][1]), died_of[rid])) is not None
+        ]  # the XQ's time of death (the failure log's may differ by milliseconds)
         latest = {"space": space, "queue": queue, "indexed_ms": max(died for _, died in entries)}
 
         def write(conn: Any) -> None:
@@ -429,18 +476,6 @@ class RedisDeadLetterStore(DeadLetterStore):
 
 def _upsert(conn: Any, *, params: dict[str, Any]) -> None:
     conn.execute(queries.UPSERT_DEAD_LETTER_INDEX, params)
-
-
-def _text(value: str | None, chars: int, *, clip: bool = False) -> str | None:
-    """``value`` as PostgreSQL text takes it (no NUL, no lone surrogate); None if it is longer
-    than ``chars`` (an exact-match field: no one filters by such a value), or clipped."""
-    if value is None:
-        return None
-    if len(value) > chars:
-        if not clip:
-            return None
-        value = value[:chars]
-    return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
 class _RedisSession(Session):
