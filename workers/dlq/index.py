@@ -3,10 +3,11 @@ backends write them: one per letter, with what the filters the broker cannot ans
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from schemas.messages import MAX_TEXT_CHARS
-from workers.dlq.base import DeadLetter
+from workers.dlq.base import DeadLetter, DeadLetterFilter
 
 #: Characters of the final error kept in the index (the ``error`` filter looks at these).
 INDEX_ERROR_CHARS = 500
@@ -43,3 +44,35 @@ def text(value: str | None, chars: int, *, clip: bool = False) -> str | None:
             return None
         value = value[:chars]
     return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
+def page_params(
+    space: str,
+    filter: DeadLetterFilter,
+    *,
+    lo: int | None,
+    hi: int | None,
+    after: tuple[int, str] | None,
+    limit: int | None,
+    offset: int,
+    queues: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The parameters of a page of ``dead_letter_index`` rows (either broker's store): the filter,
+    the times of death between ``lo`` and ``hi``, below the cursor ``after`` (time of death, id)."""
+    return {
+        "space": space,
+        "queue": filter.queue,
+        "queues": None if queues is None else list(queues),
+        "actor": filter.actor,
+        "error_type": filter.error_type,
+        "error": filter.error,
+        "correlation_id": filter.correlation_id,
+        "expense_id": filter.expense_id,
+        "ids": list(filter.ids) or None,
+        "died_after": lo,
+        "died_before": hi,
+        "after_ms": None if after is None else after[0],
+        "after_rid": None if after is None else after[1],
+        "limit": limit,
+        "offset": offset,
+    }

@@ -28,7 +28,7 @@ import psycopg
 
 from pipeline import queries
 from workers.dlq.base import DeadLetter, DeadLetterFilter, correlation_id_of, decode_payload, expense_ids_of
-from workers.dlq.index import INDEX_ERROR_CHARS, INDEX_KEY_CHARS, index_row, text
+from workers.dlq.index import INDEX_ERROR_CHARS, INDEX_KEY_CHARS, index_row, page_params, text
 from workers.failures import LazyDatabase
 
 logger = logging.getLogger(__name__)
@@ -113,23 +113,9 @@ class RabbitmqLetterIndex:
         count: bool,
     ) -> tuple[list[Row], int | None]:
         """One page of rows, newest first, below ``after``; and how many match (if ``count``)."""
-        params = {
-            "space": self.space,
-            "queue": filter.queue,
-            "queues": list(queues),
-            "actor": filter.actor,
-            "error_type": filter.error_type,
-            "error": filter.error,
-            "correlation_id": filter.correlation_id,
-            "expense_id": filter.expense_id,
-            "ids": list(filter.ids) or None,
-            "died_after": lo,
-            "died_before": hi,
-            "after_ms": None if after is None else after[0],
-            "after_rid": None if after is None else after[1],
-            "limit": limit,
-            "offset": offset,
-        }
+        params = page_params(
+            self.space, filter, lo=lo, hi=hi, after=after, limit=limit, offset=offset, queues=queues
+        )
 
         def query(conn: Any) -> tuple[list[Row], int | None]:
             # unprepared: planned with the values, so the absent filters fold away. One query per

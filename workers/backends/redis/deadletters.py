@@ -50,7 +50,7 @@ from workers.dlq.base import (
     replay_payload,
     select,
 )
-from workers.dlq.index import index_row
+from workers.dlq.index import index_row, page_params
 from workers.failures import FailureLog, LazyDatabase
 
 logger = logging.getLogger(__name__)
@@ -298,23 +298,7 @@ class RedisDeadLetterStore(DeadLetterStore):
         after: Cursor | None = None,
     ) -> tuple[list[Row], int]:
         assert self.database is not None
-        params = {
-            "space": self.space,
-            "queue": filter.queue,
-            "actor": filter.actor,
-            "error_type": filter.error_type,
-            "error": filter.error,
-            "correlation_id": filter.correlation_id,
-            "expense_id": filter.expense_id,
-            "ids": list(filter.ids) or None,
-            "died_after": lo,
-            "died_before": hi,
-            "queues": None,
-            "after_ms": None if after is None else after[0],
-            "after_rid": None if after is None else after[1],
-            "limit": limit,
-            "offset": offset,
-        }
+        params = page_params(self.space, filter, lo=lo, hi=hi, after=after, limit=limit, offset=offset)
 
         def query(conn: Any) -> tuple[list[Row], int]:
             # unprepared: planned with the values, so the absent filters fold away
