@@ -248,11 +248,8 @@ def _batch_size(text: str) -> int:
     return value
 
 
-def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "backfill",
-        help="re-categorize a selection of expenses on the bulk lane, followed to completion, resumable",
-    )
+def add_selectors(p: argparse.ArgumentParser) -> None:
+    """The selectors of ``backfill`` (``rules diff`` takes the same)."""
     p.add_argument("--all", action="store_true", help="every live expense that is not its user's own choice")
     p.add_argument("--uncategorized", action="store_true", help="expenses without a categorization row")
     p.add_argument(
@@ -273,6 +270,14 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--ids-from", metavar="FILE", help="these expense ids ('-': stdin), whitespace or comma separated"
     )
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "backfill",
+        help="re-categorize a selection of expenses on the bulk lane, followed to completion, resumable",
+    )
+    add_selectors(p)
     p.add_argument("--resume", metavar="RUN", help="go on with this run from its checkpoint")
     p.add_argument("--rate", type=_positive(float), help="at most this many expenses enqueued per second")
     p.add_argument("--batch-size", type=_batch_size, help="IDs per message (default: CATFLEET_BATCH_SIZE)")
