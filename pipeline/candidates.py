@@ -62,6 +62,8 @@ class Candidate(msgspec.Struct, kw_only=True):
     percent: int  # the rollout's share (0: shadow only)
     revision: int
     changes: list[Change] = msgspec.field(default_factory=list)
+    #: categorization rows it made (its rollout's users'; ``open_candidate`` only)
+    rows: int | None = None
 
 
 class Staged(msgspec.Struct, kw_only=True):
@@ -195,6 +197,8 @@ class CandidateAdmin:
                 return None
             cand = _candidate(row)
             cand.changes = [shown for _, shown in _changes(conn, cand.id)]
+            made = conn.execute(queries.CANDIDATE_ROWS, {"id": cand.id}).fetchone()
+            cand.rows = int(made[0]) if made else 0
             return cand
 
         return self.db.run(read)

@@ -707,6 +707,8 @@ RECENT_CANDIDATES: LiteralString = (
     "SELECT " + CANDIDATE_COLUMNS + " FROM ruleset_candidates c CROSS JOIN ruleset r"
     " ORDER BY c.id DESC LIMIT %(limit)s"
 )
+#: The rows a candidate made (categorizations_candidate_idx).
+CANDIDATE_ROWS: LiteralString = "SELECT count(*) FROM categorizations WHERE candidate_id = %(id)s"
 #: Serializes every rollout change: the ruleset row, locked.
 LOCK_ROLLOUT: LiteralString = "SELECT version, rollout_candidate, rollout_percent FROM ruleset FOR UPDATE"
 OPEN_CANDIDATE_ID: LiteralString = "SELECT id FROM ruleset_candidates WHERE state = 'open'"

@@ -219,6 +219,8 @@ def test_rollout_promote_rollback_with_real_workers(
             "SELECT DISTINCT ruleset_version FROM categorizations WHERE candidate_id = %s", (candidate,)
         ).fetchall()
         assert made == [(rolled["version"],)]
+        shown = json.loads(cli(settings, "rules", "show", "--json").stdout)["candidate"]
+        assert (shown["percent"], shown["rows"]) == (30, 3 * len(chosen))
     finally:
         worker.stop()
 

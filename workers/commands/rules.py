@@ -43,7 +43,8 @@ def _doc(value: Any) -> Any:
 
 def _describe(c: Candidate) -> str:
     share = f"rolled out to {c.percent}% of users" if c.percent else "in shadow (not rolled out)"
-    return f"candidate {c.id} ({c.state}, by {c.operator}, {c.created_at:%Y-%m-%d %H:%M:%S}): {share}"
+    made = f", {c.rows} row(s) made by it" if c.rows else ""
+    return f"candidate {c.id} ({c.state}, by {c.operator}, {c.created_at:%Y-%m-%d %H:%M:%S}): {share}{made}"
 
 
 def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
