@@ -429,6 +429,11 @@ class CandidateAdmin:
                     "a pattern the candidate adds exists now (saved since it was staged): discard the"
                     " candidate and stage again"
                 ) from None
+            except psycopg.errors.ForeignKeyViolation:
+                raise CandidateError(
+                    "the category of a pattern the candidate adds was deleted since: discard the"
+                    " candidate and stage again"
+                ) from None
         return len(added), len(updated), len(deleted)
 
     def rollback(self) -> RolledBack:

@@ -33,7 +33,7 @@ CREATE TABLE ruleset_candidate_changes (
     pattern_id   bigint NOT NULL,
     created      boolean NOT NULL DEFAULT false,
     user_id      bigint,
-    category_id  bigint REFERENCES categories (id) ON DELETE CASCADE,
+    category_id  bigint,  -- no foreign key: TRUNCATE categories keeps working (promotion checks it)
     kind         text,
     value        text,
     weight       real CHECK (weight > 0 AND weight <= 1),
