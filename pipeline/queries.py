@@ -129,6 +129,10 @@ ORDER BY e.id
 
 #: The current ruleset version (bumped by every pattern change), for ``catfleet status``.
 RULESET_VERSION: LiteralString = "SELECT version FROM ruleset"
+#: The version and the rollout of a candidate (0012), for ``catfleet status``.
+RULESET_STATE: LiteralString = """
+SELECT version, CASE WHEN rollout_percent > 0 THEN rollout_candidate END, rollout_percent FROM ruleset
+"""
 #: Outbox (0003): a relay claims pending requests in id order; rows another relay holds are
 #: skipped, so several relays share the work. Age is measured on the database's clock.
 CLAIM_REQUESTS: LiteralString = """

@@ -221,6 +221,8 @@ def test_rollout_promote_rollback_with_real_workers(
         assert made == [(rolled["version"],)]
         shown = json.loads(cli(settings, "rules", "show", "--json").stdout)["candidate"]
         assert (shown["percent"], shown["rows"]) == (30, 3 * len(chosen))
+        status = run_catfleet(settings, "status", "--json")
+        assert json.loads(status.stdout)["rollout"] == {"candidate": candidate, "percent": 30}, status.stderr
     finally:
         worker.stop()
 
