@@ -495,3 +495,12 @@ def _columns(added: Iterable[tuple[int, PatternState]]) -> dict[str, list[Any]]:
         "weights": [s.pattern.weight for _, s in rows],
         "actives": [s.active for _, s in rows],
     }
+
+
+def made_versions(conn: psycopg.Connection[Any], candidate_id: int) -> tuple[int | None, int | None]:
+    """The ruleset versions a candidate's promotion made rows under: [promoted, rolled back)
+    (None, None before a promotion; an open end before a rollback). CandidateError: no such one."""
+    row = conn.execute(queries.CANDIDATE_VERSIONS, {"id": candidate_id}).fetchone()
+    if row is None:
+        raise CandidateError(f"no candidate ruleset {candidate_id} (catfleet rules show)")
+    return row[0], row[1]

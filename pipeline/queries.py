@@ -711,6 +711,9 @@ RECENT_CANDIDATES: LiteralString = (
     "SELECT " + CANDIDATE_COLUMNS + " FROM ruleset_candidates c CROSS JOIN ruleset r"
     " ORDER BY c.id DESC LIMIT %(limit)s"
 )
+CANDIDATE_VERSIONS: LiteralString = """
+SELECT promoted_version, rolled_back_version FROM ruleset_candidates WHERE id = %(id)s
+"""
 #: The rows a candidate made (categorizations_candidate_idx).
 CANDIDATE_ROWS: LiteralString = "SELECT count(*) FROM categorizations WHERE candidate_id = %(id)s"
 #: Serializes every rollout change: the ruleset row, locked.

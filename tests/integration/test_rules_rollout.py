@@ -249,8 +249,13 @@ def test_rollout_promote_rollback_with_real_workers(
             conn.execute("SELECT p::text FROM categorization_patterns p ORDER BY id").fetchall()
             == patterns_before
         )
-        backfill(settings, "--stale-ruleset")
+        # exactly the rows the candidate's promotion made (the unchanged ones kept their version)
+        out = run_catfleet(settings, "backfill", "--candidate", str(candidate), "--poll", "0.1", "--json")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout.splitlines()[0])["total"] == 80 + len(chosen)
         assert rows(conn) == base  # the exact previous results
+        backfill(settings, "--stale-ruleset")  # the broad way: every row made before the rollback
+        assert rows(conn) == base
     finally:
         worker.stop()
     again = run_catfleet(settings, "rules", "rollback")

@@ -101,7 +101,7 @@ def _selected(conn: psycopg.Connection[Any], args: argparse.Namespace, batch: in
     if args.stale_ruleset is not None:
         row = conn.execute("SELECT version FROM ruleset").fetchone()
         version = args.stale_ruleset or (int(row[0]) if row else None)
-    selector = _selector(args, version)
+    selector = _selector(args, version, conn)
     if args.ids_from is not None:
         from workers.commands.backfill import _read_ids
 
