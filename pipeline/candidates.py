@@ -11,7 +11,7 @@ Each runs in one transaction holding the ``ruleset`` row's lock, so they are ser
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -27,6 +27,8 @@ from pipeline.patterns import check_weight, validated_pattern
 from schemas import Pattern, PatternKind
 
 OPS = ("add", "edit", "enable", "disable", "delete")
+#: What a staged change records, worked out in the staging transaction from (conn, candidate id).
+_Change = Callable[[psycopg.Connection[Any], int], tuple[str, int, bool, dict[str, Any]]]
 
 
 class Change(msgspec.Struct, kw_only=True):
@@ -221,7 +223,11 @@ class CandidateAdmin:
 
     # -- staging -------------------------------------------------------------------------------
 
-    def _stage(self, fn: Any) -> Staged:
+    def _stage(self, fn: _Change) -> Staged:
+        """One staged change in one transaction: the candidate opened if none is, ``fn``'s
+        change recorded (op, pattern id, created, staged fields), the revision bumped, and the
+        version too when the candidate is rolled out (its users get the change now)."""
+
         def run(conn: psycopg.Connection[Any]) -> Staged:
             with conn.transaction():
                 lock = conn.execute(queries.LOCK_ROLLOUT).fetchone()

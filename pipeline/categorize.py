@@ -6,7 +6,7 @@ import datetime as dt
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
@@ -24,10 +24,10 @@ from pipeline.matcher import (
 from pipeline.normalize import merchant_keys, normalize_merchant
 from pipeline.overlay import Overlay, Rollout, in_rollout
 from pipeline.resolver import PatternResolver
-from pipeline.rules import Hit
+from pipeline.rules import Hit, Ruleset
 from pipeline.stores import CandidateSource, CategorizationSink, ExpenseSource, WriteMeta
 from pipeline.tokens import TOKEN_ENTRY, TOKEN_ENTRY_MAX, token_key, token_keys
-from schemas import Expense, Outcome
+from schemas import Expense, Outcome, Pattern
 
 #: Decisions memoized per worker process (see ``Categorizer._decide``); cleared when full
 #: (about 1.3 kB each with their explanation: ~5 MB at most; `bench memory` keeps it small).
@@ -103,37 +103,20 @@ class Categorizer:
                 percent = loaded.rollout.percent
                 users = {e.user_id for e in todo}
                 chosen = {u for u in users if in_rollout(overlay.candidate_id, u, percent)}
-            found_c, rules_c = found, rules
-            if chosen and overlay is not None:
-                found_c = overlay.merchants(found)
-                rules_c = self.resolver.candidate_rules(version, overlay)
-                candidate_rows = {"id": overlay.candidate_id, "expenses": 0}
             decisions: list[tuple[int, Decision]] = []
             by_name: dict[tuple[int, str], list[Hit]] = {}  # merchant and token hits, per batch
-            for e in todo:
-                ours = e.user_id in chosen
-                entries, ruleset = (found_c, rules_c) if ours else (found, rules)
-                keys = keys_of[e.id]
-                name = (e.user_id, keys[0] if keys else "")
-                named = by_name.get(name)
-                if named is None:
-                    named = merchant_hits(e.user_id, keys, entries) + token_hits(e.user_id, name[1], entries)
-                    by_name[name] = named
-                hits = list(named)
-                hits.extend(
-                    h
-                    for h in ruleset.match(e, keys[0] if keys else "")
-                    if h.pattern.user_id is None or h.pattern.user_id == e.user_id
+            tally = (decisions, outcomes, categories)
+            if chosen and overlay is not None:
+                mine = [e for e in todo if e.user_id in chosen]
+                rest = [e for e in todo if e.user_id not in chosen]
+                self._match(rest, keys_of, found, rules, version, by_name, tally)
+                candidate_rules = self.resolver.candidate_rules(version, overlay)
+                self._match(
+                    mine, keys_of, overlay.merchants(found), candidate_rules, version, by_name, tally, overlay
                 )
-                if ours and overlay is not None and candidate_rows is not None:
-                    d = self._decide_candidate(version, overlay, hits)
-                    candidate_rows["expenses"] += 1
-                else:
-                    d = self._decide(version, hits)
-                decisions.append((e.id, d))
-                outcomes[_outcome(d)] += 1
-                if d.category_id is not None:
-                    categories[d.category_id] += 1
+                candidate_rows = {"id": overlay.candidate_id, "expenses": len(mine)}
+            else:  # the hot path: no candidate, nothing more per expense
+                self._match(todo, keys_of, found, rules, version, by_name, tally)
             meta = WriteMeta(
                 ruleset_version=version,
                 message_id=message_id,
@@ -152,6 +135,43 @@ class Categorizer:
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
             candidate=candidate_rows,
         )
+
+    def _match(
+        self,
+        todo: Sequence[Expense],
+        keys_of: dict[int, list[str]],
+        found: Mapping[MerchantKey, Sequence[Pattern]],
+        rules: Ruleset,
+        version: int,
+        by_name: dict[tuple[int, str], list[Hit]],
+        tally: tuple[list[tuple[int, Decision]], Counter[str], Counter[int]],
+        overlay: Overlay | None = None,
+    ) -> None:
+        """Decide each expense on these entries and rules (a candidate's when ``overlay``),
+        adding to the batch's decisions, outcomes and categories."""
+        decisions, outcomes, categories = tally
+        for e in todo:
+            keys = keys_of[e.id]
+            name = (e.user_id, keys[0] if keys else "")
+            named = by_name.get(name)  # keyed by user: a user is on one side of a rollout
+            if named is None:
+                named = merchant_hits(e.user_id, keys, found) + token_hits(e.user_id, name[1], found)
+                by_name[name] = named
+            hits = list(named)
+            hits.extend(
+                h
+                for h in rules.match(e, keys[0] if keys else "")
+                if h.pattern.user_id is None or h.pattern.user_id == e.user_id
+            )
+            d = (
+                self._decide(version, hits)
+                if overlay is None
+                else self._decide_candidate(version, overlay, hits)
+            )
+            decisions.append((e.id, d))
+            outcomes[_outcome(d)] += 1
+            if d.category_id is not None:
+                categories[d.category_id] += 1
 
     def _overlay_of(self, rollout: Rollout | None) -> Overlay | None:
         """The rolled-out candidate's overlay, read once per process and revision."""

@@ -68,9 +68,9 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
             )
         print(f"{len(cand.changes)} change(s)")
     for c in recent:
-        versions = f"promoted v{c.base_version} -> v{c.promoted_version}" if c.promoted_version else ""
+        versions = f": promoted v{c.base_version} -> v{c.promoted_version}" if c.promoted_version else ""
         back = f", rolled back at v{c.rolled_back_version}" if c.rolled_back_version else ""
-        print(f"earlier: candidate {c.id} {c.state} {versions}{back}".rstrip())
+        print(f"earlier: candidate {c.id} ({c.state}){versions}{back}")
     return 0
 
 
@@ -232,7 +232,8 @@ def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     print(
         f"candidate {done.candidate_id} rolled back: {done.restored} pattern(s) restored, {done.removed} removed;"
-        f" ruleset version {done.version}; re-do the rows made since: catfleet backfill --stale-ruleset"
+        f" ruleset version {done.version}; re-do the rows it made: catfleet backfill --candidate {done.candidate_id}"
+        " (or --stale-ruleset)"
     )
     return 0
 
