@@ -43,6 +43,12 @@ class Selector(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_
     until: dt.date | None = None
     #: the run's ids in ``backfill_ids`` (``--ids-from``)
     ids_from: bool = False
+    #: rows a candidate ruleset made (``--candidate``, migration 0012): by its rollout
+    #: (``candidate_id``), or, once promoted, by the ruleset from its promoted version on, up to
+    #: its rollback's (``made_before``; None: no end)
+    candidate: int | None = None
+    made_since: int | None = None
+    made_before: int | None = None
 
     def is_empty(self) -> bool:
         return self == Selector()
@@ -70,6 +76,19 @@ def new_run_id() -> str:
     return f"backfill:{uuid4().hex[:12]}"
 
 
+def _made_by(sel: Selector, params: dict[str, Any]) -> sql.Composable:
+    """Rows the candidate made: by its rollout, or by its promotion's versions."""
+    made: list[sql.Composable] = [sql.SQL("c.candidate_id = %(candidate)s")]
+    params["candidate"] = sel.candidate
+    if sel.made_since is not None:
+        made.append(sql.SQL("c.ruleset_version >= %(made_since)s"))
+        params["made_since"] = sel.made_since
+        if sel.made_before is not None:
+            made[-1] = sql.SQL("c.ruleset_version BETWEEN %(made_since)s AND %(made_before)s - 1")
+            params["made_before"] = sel.made_before
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(made))
+
+
 def _query(sel: Selector, run_id: str, *, after: int | None) -> tuple[sql.Composed, dict[str, Any]]:
     clauses: list[sql.Composable] = []
     params: dict[str, Any] = {"run_id": run_id}
@@ -84,6 +103,8 @@ def _query(sel: Selector, run_id: str, *, after: int | None) -> tuple[sql.Compos
     if sel.stale_before is not None:
         clauses.append(sql.SQL("c.ruleset_version < %(stale_before)s"))
         params["stale_before"] = sel.stale_before
+    if sel.candidate is not None:
+        clauses.append(_made_by(sel, params))
     if sel.user_id is not None:
         clauses.append(sql.SQL("e.user_id = %(user_id)s"))
         params["user_id"] = sel.user_id

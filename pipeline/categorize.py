@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
@@ -21,11 +22,12 @@ from pipeline.matcher import (
     token_hits,
 )
 from pipeline.normalize import merchant_keys, normalize_merchant
+from pipeline.overlay import Overlay, Rollout, in_rollout
 from pipeline.resolver import PatternResolver
-from pipeline.rules import Hit
-from pipeline.stores import CategorizationSink, ExpenseSource, WriteMeta
+from pipeline.rules import Hit, Ruleset
+from pipeline.stores import CandidateSource, CategorizationSink, ExpenseSource, WriteMeta
 from pipeline.tokens import TOKEN_ENTRY, TOKEN_ENTRY_MAX, token_key, token_keys
-from schemas import Expense, Outcome
+from schemas import Expense, Outcome, Pattern
 
 #: Decisions memoized per worker process (see ``Categorizer._decide``); cleared when full
 #: (about 1.3 kB each with their explanation: ~5 MB at most; `bench memory` keeps it small).
@@ -43,6 +45,9 @@ class BatchReport(msgspec.Struct, kw_only=True):
     cache: dict[str, int]
     categories: dict[int, int]
     duration_ms: float
+    #: the rolled-out candidate ruleset and how many expenses it decided (their users are in
+    #: its share); None when it decided none
+    candidate: dict[str, int] | None = None
 
 
 class Categorizer:
@@ -53,11 +58,17 @@ class Categorizer:
         resolver: PatternResolver,
         writer: CategorizationSink,
         thresholds: Thresholds,
+        candidates: CandidateSource | None = None,
     ):
+        """``candidates``: where a rolled-out candidate ruleset is read (None: rollouts are not
+        applied, every user gets the current ruleset)."""
         self.expenses = expenses
         self.resolver = resolver
         self.writer = writer
         self.thresholds = thresholds
+        self.candidates = candidates
+        self._overlay: Overlay | None = None  # the last rollout's, kept per (candidate, revision)
+        self._overlay_lock = threading.Lock()
         # shared by the worker's threads: single dict operations are atomic, Decisions frozen
         self._decisions: dict[tuple[object, ...], Decision] = {}
 
@@ -79,31 +90,33 @@ class Categorizer:
         outcomes[Outcome.USER_KEPT] = len(loaded.user_owned)
         todo = [e for e in loaded.expenses if e.id not in loaded.user_owned]
         written: set[int] = set()
+        candidate_rows = None
         if todo and loaded.ruleset_version is not None:
             version = loaded.ruleset_version
             keys_of = {e.id: merchant_keys(normalize_merchant(e.merchant_name)) for e in todo}
             found = self._merchant_patterns(version, todo, keys_of, cache)
             rules = self.resolver.rules(version)
+            # a rolled-out candidate: its users get the same entries with its patterns swapped in
+            overlay = self._overlay_of(loaded.rollout)
+            chosen: set[int] = set()
+            if overlay is not None and loaded.rollout is not None:
+                percent = loaded.rollout.percent
+                users = {e.user_id for e in todo}
+                chosen = {u for u in users if in_rollout(overlay.candidate_id, u, percent)}
             decisions: list[tuple[int, Decision]] = []
             by_name: dict[tuple[int, str], list[Hit]] = {}  # merchant and token hits, per batch
-            for e in todo:
-                keys = keys_of[e.id]
-                name = (e.user_id, keys[0] if keys else "")
-                named = by_name.get(name)
-                if named is None:
-                    named = merchant_hits(e.user_id, keys, found) + token_hits(e.user_id, name[1], found)
-                    by_name[name] = named
-                hits = list(named)
-                hits.extend(
-                    h
-                    for h in rules.match(e, keys[0] if keys else "")
-                    if h.pattern.user_id is None or h.pattern.user_id == e.user_id
+            tally = (decisions, outcomes, categories)
+            if chosen and overlay is not None:
+                mine = [e for e in todo if e.user_id in chosen]
+                rest = [e for e in todo if e.user_id not in chosen]
+                self._match(rest, keys_of, found, rules, version, by_name, tally)
+                candidate_rules = self.resolver.candidate_rules(version, overlay)
+                self._match(
+                    mine, keys_of, overlay.merchants(found), candidate_rules, version, by_name, tally, overlay
                 )
-                d = self._decide(version, hits)
-                decisions.append((e.id, d))
-                outcomes[_outcome(d)] += 1
-                if d.category_id is not None:
-                    categories[d.category_id] += 1
+                candidate_rows = {"id": overlay.candidate_id, "expenses": len(mine)}
+            else:  # the hot path: no candidate, nothing more per expense
+                self._match(todo, keys_of, found, rules, version, by_name, tally)
             meta = WriteMeta(
                 ruleset_version=version,
                 message_id=message_id,
@@ -120,7 +133,75 @@ class Categorizer:
             cache=dict(cache),
             categories=dict(categories),
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            candidate=candidate_rows,
         )
+
+    def _match(
+        self,
+        todo: Sequence[Expense],
+        keys_of: dict[int, list[str]],
+        found: Mapping[MerchantKey, Sequence[Pattern]],
+        rules: Ruleset,
+        version: int,
+        by_name: dict[tuple[int, str], list[Hit]],
+        tally: tuple[list[tuple[int, Decision]], Counter[str], Counter[int]],
+        overlay: Overlay | None = None,
+    ) -> None:
+        """Decide each expense on these entries and rules (a candidate's when ``overlay``),
+        adding to the batch's decisions, outcomes and categories."""
+        decisions, outcomes, categories = tally
+        for e in todo:
+            keys = keys_of[e.id]
+            name = (e.user_id, keys[0] if keys else "")
+            named = by_name.get(name)  # keyed by user: a user is on one side of a rollout
+            if named is None:
+                named = merchant_hits(e.user_id, keys, found) + token_hits(e.user_id, name[1], found)
+                by_name[name] = named
+            hits = list(named)
+            hits.extend(
+                h
+                for h in rules.match(e, keys[0] if keys else "")
+                if h.pattern.user_id is None or h.pattern.user_id == e.user_id
+            )
+            d = (
+                self._decide(version, hits)
+                if overlay is None
+                else self._decide_candidate(version, overlay, hits)
+            )
+            decisions.append((e.id, d))
+            outcomes[_outcome(d)] += 1
+            if d.category_id is not None:
+                categories[d.category_id] += 1
+
+    def _overlay_of(self, rollout: Rollout | None) -> Overlay | None:
+        """The rolled-out candidate's overlay, read once per process and revision."""
+        if rollout is None or self.candidates is None:
+            return None
+        wanted = (rollout.candidate_id, rollout.revision)
+        overlay = self._overlay
+        if overlay is not None and (overlay.candidate_id, overlay.revision) == wanted:
+            return overlay
+        with self._overlay_lock:
+            overlay = self._overlay
+            if overlay is None or (overlay.candidate_id, overlay.revision) != wanted:
+                overlay = self._overlay = self.candidates.overlay(rollout)
+            return overlay
+
+    def _decide_candidate(self, version: int, overlay: Overlay, hits: list[Hit]) -> Decision:
+        """``_decide`` for a rollout user: memoized apart, and marked with the candidate."""
+        key = (
+            version,
+            overlay.candidate_id,
+            overlay.revision,
+            *[(h.pattern.id, h.score, h.detail) for h in hits],
+        )
+        d = self._decisions.get(key)
+        if d is None:
+            d = msgspec.structs.replace(decide(hits, self.thresholds), candidate_id=overlay.candidate_id)
+            if len(self._decisions) >= DECISION_MEMO_MAX:
+                self._decisions.clear()
+            self._decisions[key] = d
+        return d
 
     def _decide(self, version: int, hits: list[Hit]) -> Decision:
         """``decide`` memoized on the hits (pattern ids, scores and details) within a ruleset

@@ -100,3 +100,8 @@ class UnknownPattern(PermanentError):
 
 class ConflictingCorrection(PermanentError):
     """An idempotency key already used for a different correction."""
+
+
+class CandidateError(PermanentError):
+    """A rule rollout that cannot be done as asked: nothing staged, nothing to roll back, or a
+    pattern that changed since it was staged (``catfleet rules``)."""

@@ -64,6 +64,8 @@ class Decision(msgspec.Struct, frozen=True):
     band: str  # auto | suggest | none
     method: str  # kind of the deciding pattern, or "none"
     explanation: dict[str, object]
+    #: the candidate ruleset that made it (a rollout user's; None: the ruleset alone)
+    candidate_id: int | None = None
 
 
 def merchant_hits(

@@ -1,4 +1,5 @@
-"""Pattern management: list, switch on and off, add (validated as when any pattern is saved).
+"""Pattern management: list, switch on and off, add, edit the weight, delete (validated as when
+any pattern is saved). ``pipeline.candidates`` stages the same changes instead of applying them.
 
 Every change bumps the ruleset version (the statement trigger), so workers see it on their
 next batch.
@@ -39,6 +40,23 @@ class PatternRow(msgspec.Struct, kw_only=True):
     updated_at: dt.datetime
     #: Why the workers skip it (its value does not compile: a row written by plain SQL); None: fine.
     problem: str | None = None
+
+
+def check_weight(weight: float) -> None:
+    if not 0.0 < weight <= 1.0:
+        raise InvalidPattern(f"weight must be in (0, 1], got {weight}")
+
+
+def validated_pattern(kind: str, value: str, weight: float) -> tuple[str, str]:
+    """(kind, stored value) of a pattern to save; InvalidPattern with the reason otherwise."""
+    try:
+        kind = PatternKind(kind).value
+    except ValueError:
+        raise InvalidPattern(
+            f"unknown pattern kind {kind!r} (one of {', '.join(k.value for k in PatternKind)})"
+        ) from None
+    check_weight(weight)
+    return kind, canonical_value(kind, value)
 
 
 class PatternAdmin:
@@ -94,20 +112,25 @@ class PatternAdmin:
         if row is None:
             raise UnknownPattern(pattern_id)
 
+    def edit(self, pattern_id: int, *, weight: float) -> None:
+        """Set a pattern's weight (every worker sees it on its next batch)."""
+        check_weight(weight)
+        params = {"id": pattern_id, "weight": weight}
+        if self.db.run(lambda c: c.execute(queries.SET_PATTERN_WEIGHT, params).fetchone()) is None:
+            raise UnknownPattern(pattern_id)
+
+    def delete(self, pattern_id: int) -> None:
+        """Delete a pattern (rows it made keep their category; their pattern_id becomes NULL)."""
+        params = {"id": pattern_id}
+        if self.db.run(lambda c: c.execute(queries.DELETE_PATTERN, params).fetchone()) is None:
+            raise UnknownPattern(pattern_id)
+
     def add(
         self, *, kind: str, value: str, category_key: str, user_id: int | None = None, weight: float = 0.9
     ) -> tuple[int, bool]:
         """Save a pattern (source 'user'); returns (id, created). Raises InvalidPattern (e.g. a regex
         RE2 rejects) or UnknownCategory before anything is written."""
-        try:
-            kind = PatternKind(kind).value
-        except ValueError:
-            raise InvalidPattern(
-                f"unknown pattern kind {kind!r} (one of {', '.join(k.value for k in PatternKind)})"
-            ) from None
-        if not 0.0 < weight <= 1.0:
-            raise InvalidPattern(f"weight must be in (0, 1], got {weight}")
-        canonical = canonical_value(kind, value)
+        kind, canonical = validated_pattern(kind, value, weight)
 
         def save(conn: psycopg.Connection[Any]) -> tuple[int, bool]:
             found = conn.execute(

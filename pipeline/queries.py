@@ -2,13 +2,16 @@
 
 from typing import LiteralString
 
-#: One read per batch: the live expenses among the IDs, the ruleset version, and whether the
-#: user already chose a category (those are left alone).
+#: One read per batch: the live expenses among the IDs, the ruleset version, whether the
+#: user already chose a category (those are left alone), and the rollout of a candidate ruleset
+#: ([candidate, revision, percent]; NULL when none is rolled out: migration 0012).
 LOAD_EXPENSES: LiteralString = """
 SELECT e.id, e.user_id, e.merchant_name, e.description, e.amount::float8, e.currency,
        e.transaction_date, e.transaction_time,
        (SELECT version FROM ruleset) AS ruleset_version,
-       (c.source = 'user') AS user_owned
+       (c.source = 'user') AS user_owned,
+       (SELECT ARRAY[rollout_candidate, rollout_revision, rollout_percent] FROM ruleset
+        WHERE rollout_candidate IS NOT NULL AND rollout_percent > 0) AS rollout
 FROM expenses e
 LEFT JOIN categorizations c ON c.expense_id = e.id
 WHERE e.id = ANY(%(ids)s::bigint[]) AND e.deleted_at IS NULL
@@ -74,36 +77,41 @@ ORDER BY p.id
 #: categorized_at, enqueued_at and ruleset_version keep dating the result. Only ids inserted or
 #: with a changed result come back: a re-tagged row keeps its categorized_at, which is earlier
 #: than this statement's start (a row changed or inserted now gets clock_timestamp(), later).
-#: Still one statement per batch (the data-modifying CTE runs once).
+#: Still one statement per batch (the data-modifying CTE runs once). The candidate that made a
+#: row (candidate_id, migration 0012; NULL: the ruleset alone) is part of its result: a rollout
+#: user's row made by the current ruleset before is rewritten by the candidate, and back.
 UPSERT_CATEGORIZATIONS: LiteralString = """
 WITH w AS (
 INSERT INTO categorizations AS c (
     expense_id, category_id, pattern_id, confidence, band, method, explanation,
-    ruleset_version, message_id, correlation_id, source, enqueued_at)
--- Arrays go in binary: no per-element quoting and escaping on either side.
+    ruleset_version, message_id, correlation_id, source, enqueued_at, candidate_id)
+-- Arrays go in binary: no per-element quoting and escaping on either side. candidate_ids is
+-- empty unless a rollout user is in the batch (unnest pads it with NULLs).
 SELECT u.expense_id, u.category_id, u.pattern_id, u.confidence, u.band, u.method, u.explanation,
-       %(ruleset_version)s, %(message_id)s, %(correlation_id)s, 'auto', %(enqueued_at)s
+       %(ruleset_version)s, %(message_id)s, %(correlation_id)s, 'auto', %(enqueued_at)s, u.candidate_id
 FROM unnest(%(expense_ids)b::bigint[], %(category_ids)b::bigint[], %(pattern_ids)b::bigint[],
-            %(confidences)b::real[], %(bands)b::text[], %(methods)b::text[], %(explanations)b::json[])
-     AS u(expense_id, category_id, pattern_id, confidence, band, method, explanation)
+            %(confidences)b::real[], %(bands)b::text[], %(methods)b::text[], %(explanations)b::json[],
+            %(candidate_ids)b::bigint[])
+     AS u(expense_id, category_id, pattern_id, confidence, band, method, explanation, candidate_id)
 ON CONFLICT (expense_id) DO UPDATE SET
     category_id = EXCLUDED.category_id, pattern_id = EXCLUDED.pattern_id,
     confidence = EXCLUDED.confidence, band = EXCLUDED.band, method = EXCLUDED.method,
-    explanation = EXCLUDED.explanation,
+    explanation = EXCLUDED.explanation, candidate_id = EXCLUDED.candidate_id,
     message_id = EXCLUDED.message_id, correlation_id = EXCLUDED.correlation_id,
     (ruleset_version, enqueued_at, categorized_at) = (
         SELECT CASE WHEN r.changed THEN EXCLUDED.ruleset_version ELSE c.ruleset_version END,
                CASE WHEN r.changed THEN EXCLUDED.enqueued_at ELSE c.enqueued_at END,
                CASE WHEN r.changed THEN clock_timestamp() ELSE c.categorized_at END
-        FROM (SELECT (c.category_id, c.pattern_id, c.confidence, c.band, c.explanation::text)
+        FROM (SELECT (c.category_id, c.pattern_id, c.confidence, c.band, c.explanation::text, c.candidate_id)
                      IS DISTINCT FROM
                      (EXCLUDED.category_id, EXCLUDED.pattern_id, EXCLUDED.confidence, EXCLUDED.band,
-                      EXCLUDED.explanation::text) AS changed) r)
+                      EXCLUDED.explanation::text, EXCLUDED.candidate_id) AS changed) r)
 WHERE c.source = 'auto'
   AND EXCLUDED.ruleset_version >= c.ruleset_version
-  AND ((c.category_id, c.pattern_id, c.confidence, c.band, c.explanation::text)
+  AND ((c.category_id, c.pattern_id, c.confidence, c.band, c.explanation::text, c.candidate_id)
        IS DISTINCT FROM
-       (EXCLUDED.category_id, EXCLUDED.pattern_id, EXCLUDED.confidence, EXCLUDED.band, EXCLUDED.explanation::text)
+       (EXCLUDED.category_id, EXCLUDED.pattern_id, EXCLUDED.confidence, EXCLUDED.band, EXCLUDED.explanation::text,
+        EXCLUDED.candidate_id)
        OR c.correlation_id IS DISTINCT FROM EXCLUDED.correlation_id)
 RETURNING c.expense_id, c.categorized_at >= statement_timestamp() AS changed
 )
@@ -121,6 +129,10 @@ ORDER BY e.id
 
 #: The current ruleset version (bumped by every pattern change), for ``catfleet status``.
 RULESET_VERSION: LiteralString = "SELECT version FROM ruleset"
+#: The version and the rollout of a candidate (0012), for ``catfleet status``.
+RULESET_STATE: LiteralString = """
+SELECT version, CASE WHEN rollout_percent > 0 THEN rollout_candidate END, rollout_percent FROM ruleset
+"""
 #: Outbox (0003): a relay claims pending requests in id order; rows another relay holds are
 #: skipped, so several relays share the work. Age is measured on the database's clock.
 CLAIM_REQUESTS: LiteralString = """
@@ -591,7 +603,7 @@ ON CONFLICT (expense_id) DO UPDATE SET
     confidence = EXCLUDED.confidence, band = EXCLUDED.band, method = EXCLUDED.method,
     explanation = EXCLUDED.explanation, ruleset_version = EXCLUDED.ruleset_version,
     message_id = EXCLUDED.message_id, correlation_id = EXCLUDED.correlation_id,
-    source = 'user', enqueued_at = NULL, categorized_at = clock_timestamp()
+    source = 'user', enqueued_at = NULL, categorized_at = clock_timestamp(), candidate_id = NULL
 RETURNING ruleset_version
 """
 
@@ -616,6 +628,14 @@ UPDATE categorization_patterns SET active = %(active)s, updated_at = now()
 WHERE id = %(id)s
 RETURNING id
 """
+
+SET_PATTERN_WEIGHT: LiteralString = """
+UPDATE categorization_patterns SET weight = %(weight)s, updated_at = now()
+WHERE id = %(id)s
+RETURNING id
+"""
+
+DELETE_PATTERN: LiteralString = "DELETE FROM categorization_patterns WHERE id = %(id)s RETURNING id"
 
 CATEGORY_ID_BY_KEY: LiteralString = """
 SELECT id FROM categories WHERE key = %(key)s AND (user_id IS NULL OR user_id = %(user_id)s::bigint)
@@ -739,4 +759,172 @@ BACKFILL_PROGRESS: LiteralString = """
 SELECT band, count(*) FROM categorizations
 WHERE correlation_id = %(id)s AND correlation_id LIKE 'backfill:%%'
 GROUP BY band
+"""
+
+# --- Rule rollouts (issue 12, part 4; migration 0012; pipeline/candidates.py) ------------------
+#: The staged changes of a candidate, in order, each with the pattern's current row (if any) and
+#: the category keys (the staged one of an added pattern, else the current one).
+CANDIDATE_CHANGES: LiteralString = """
+SELECT ch.id, ch.op, ch.pattern_id, ch.created, ch.user_id, ch.category_id, ch.kind, ch.value,
+       ch.weight, ch.active,
+       p.id IS NOT NULL, p.user_id, p.category_id, p.kind, p.value, p.weight, p.active,
+       CASE WHEN p.user_id IS NULL AND p.source = 'learned' THEN p.success_count ELSE 0 END,
+       CASE WHEN p.user_id IS NULL AND p.source = 'learned' THEN p.usage_count ELSE 0 END,
+       coalesce(sk.key, pk.key), ch.operator, ch.staged_at
+FROM ruleset_candidate_changes ch
+LEFT JOIN categorization_patterns p ON p.id = ch.pattern_id AND NOT ch.created
+LEFT JOIN categories sk ON sk.id = ch.category_id
+LEFT JOIN categories pk ON pk.id = p.category_id
+WHERE ch.candidate_id = %(candidate_id)s
+ORDER BY ch.id
+"""
+CANDIDATE_COLUMNS: LiteralString = """
+c.id, c.state, c.operator, c.created_at, c.updated_at, c.promoted_at, c.base_version,
+c.promoted_version, c.rolled_back_at, c.rolled_back_version,
+CASE WHEN r.rollout_candidate = c.id THEN r.rollout_percent ELSE 0 END,
+CASE WHEN r.rollout_candidate = c.id THEN r.rollout_revision ELSE 0 END
+"""
+#: The open candidate (at most one), locked when ``lock``.
+OPEN_CANDIDATE: LiteralString = (
+    "SELECT " + CANDIDATE_COLUMNS + " FROM ruleset_candidates c CROSS JOIN ruleset r WHERE c.state = 'open'"
+)
+GET_CANDIDATE: LiteralString = (
+    "SELECT " + CANDIDATE_COLUMNS + " FROM ruleset_candidates c CROSS JOIN ruleset r WHERE c.id = %(id)s"
+)
+#: The latest promotion not rolled back yet (what `rules rollback` undoes).
+LAST_PROMOTED_CANDIDATE: LiteralString = (
+    "SELECT " + CANDIDATE_COLUMNS + " FROM ruleset_candidates c CROSS JOIN ruleset r"
+    " WHERE c.state = 'promoted' ORDER BY c.promoted_at DESC, c.id DESC LIMIT 1"
+)
+RECENT_CANDIDATES: LiteralString = (
+    "SELECT " + CANDIDATE_COLUMNS + " FROM ruleset_candidates c CROSS JOIN ruleset r"
+    " ORDER BY c.id DESC LIMIT %(limit)s"
+)
+CANDIDATE_VERSIONS: LiteralString = """
+SELECT promoted_version, rolled_back_version FROM ruleset_candidates WHERE id = %(id)s
+"""
+#: The rows a candidate made (categorizations_candidate_idx).
+CANDIDATE_ROWS: LiteralString = "SELECT count(*) FROM categorizations WHERE candidate_id = %(id)s"
+#: Serializes every rollout change: the ruleset row, locked.
+LOCK_ROLLOUT: LiteralString = "SELECT version, rollout_candidate, rollout_percent FROM ruleset FOR UPDATE"
+OPEN_CANDIDATE_ID: LiteralString = "SELECT id FROM ruleset_candidates WHERE state = 'open'"
+CREATE_CANDIDATE: LiteralString = """
+INSERT INTO ruleset_candidates (operator) VALUES (%(operator)s) RETURNING id
+"""
+#: The pattern a staged change is about (locked, so that it cannot change under the staging).
+STAGE_PATTERN: LiteralString = """
+SELECT id, user_id, category_id, kind, value, weight, active FROM categorization_patterns
+WHERE id = %(id)s FOR SHARE
+"""
+#: An existing pattern with the unique key of an added one.
+PATTERN_BY_KEY: LiteralString = """
+SELECT id FROM categorization_patterns
+WHERE user_id IS NOT DISTINCT FROM %(user_id)s::bigint AND kind = %(kind)s AND value = %(value)s
+  AND category_id = %(category_id)s
+"""
+#: A pattern the candidate adds with that unique key (a second `add` of it is an edit of the first).
+STAGED_BY_KEY: LiteralString = """
+SELECT pattern_id FROM ruleset_candidate_changes
+WHERE candidate_id = %(candidate_id)s AND created
+  AND user_id IS NOT DISTINCT FROM %(user_id)s::bigint AND kind = %(kind)s AND value = %(value)s
+  AND category_id = %(category_id)s
+"""
+#: Whether the candidate adds this pattern id (then edit, enable, disable and delete may name it).
+STAGED_CREATED: LiteralString = """
+SELECT 1 FROM ruleset_candidate_changes
+WHERE candidate_id = %(candidate_id)s AND created AND pattern_id = %(id)s
+"""
+NEXT_PATTERN_ID: LiteralString = "SELECT nextval(pg_get_serial_sequence('categorization_patterns', 'id'))"
+INSERT_CHANGE: LiteralString = """
+INSERT INTO ruleset_candidate_changes
+    (candidate_id, op, pattern_id, created, user_id, category_id, kind, value, weight, active, operator)
+VALUES (%(candidate_id)s, %(op)s, %(pattern_id)s, %(created)s, %(user_id)s, %(category_id)s, %(kind)s,
+        %(value)s, %(weight)s, %(active)s, %(operator)s)
+RETURNING id
+"""
+TOUCH_CANDIDATE: LiteralString = "UPDATE ruleset_candidates SET updated_at = now() WHERE id = %(id)s"
+#: A new revision of the rolled-out candidate: the workers reload it.
+BUMP_ROLLOUT_REVISION: LiteralString = """
+UPDATE ruleset SET rollout_revision = rollout_revision + 1 WHERE rollout_candidate = %(id)s
+"""
+#: A change of what the workers apply (a rollout's share or a rolled-out candidate's changes):
+#: a new ruleset version, so that every row keeps the version that made it (and `backfill
+#: --stale-ruleset` finds the rows made before), announced like a pattern change.
+BUMP_RULESET_VERSION: LiteralString = """
+WITH bumped AS (UPDATE ruleset SET version = version + 1, changed_at = now() RETURNING version)
+SELECT version, pg_notify('catfleet_ruleset', '') FROM bumped
+"""
+SET_ROLLOUT: LiteralString = """
+UPDATE ruleset SET rollout_candidate = %(id)s::bigint, rollout_percent = %(percent)s,
+    rollout_revision = rollout_revision + 1
+"""
+CLEAR_ROLLOUT: LiteralString = "UPDATE ruleset SET rollout_candidate = NULL, rollout_percent = 0"
+#: Every user with a live expense (for how many a rollout share chooses).
+ROLLOUT_USERS: LiteralString = "SELECT DISTINCT user_id FROM expenses WHERE deleted_at IS NULL"
+#: The touched patterns' rows before a promotion, locked (the backup is taken from them).
+LOCK_PATTERNS: LiteralString = """
+SELECT id, to_jsonb(p) FROM categorization_patterns p WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id FOR UPDATE
+"""
+SAVE_BACKUPS: LiteralString = """
+INSERT INTO ruleset_candidate_backups (candidate_id, pattern_id, row)
+SELECT %(candidate_id)s, u.pattern_id, u.row
+FROM unnest(%(ids)s::bigint[], %(rows)s::jsonb[]) AS u(pattern_id, row)
+"""
+PROMOTE_DELETE: LiteralString = "DELETE FROM categorization_patterns WHERE id = ANY(%(ids)s::bigint[])"
+PROMOTE_UPDATE: LiteralString = """
+UPDATE categorization_patterns p SET weight = u.weight, active = u.active, updated_at = now()
+FROM unnest(%(ids)s::bigint[], %(weights)s::real[], %(actives)s::boolean[]) AS u(id, weight, active)
+WHERE p.id = u.id
+"""
+#: Added patterns keep the id they were staged under (source 'user', as `patterns add`).
+PROMOTE_INSERT: LiteralString = """
+INSERT INTO categorization_patterns (id, user_id, category_id, kind, value, weight, source, active)
+SELECT u.id, u.user_id, u.category_id, u.kind, u.value, u.weight, 'user', u.active
+FROM unnest(%(ids)s::bigint[], %(user_ids)s::bigint[], %(category_ids)s::bigint[], %(kinds)s::text[],
+            %(values)s::text[], %(weights)s::real[], %(actives)s::boolean[])
+     AS u(id, user_id, category_id, kind, value, weight, active)
+"""
+MARK_PROMOTED: LiteralString = """
+UPDATE ruleset_candidates SET state = 'promoted', promoted_at = now(), updated_at = now(),
+    base_version = %(base_version)s, promoted_version = (SELECT version FROM ruleset)
+WHERE id = %(id)s
+RETURNING promoted_version
+"""
+#: Rollback: every touched pattern back to its row before the promotion, exactly (ids, counters
+#: and timestamps too): rows that existed are updated in place (a delete would clear
+#: categorizations.pattern_id), rows the promotion deleted are inserted again, and patterns it
+#: added are deleted.
+ROLLBACK_UPDATE: LiteralString = """
+UPDATE categorization_patterns p SET
+    user_id = o.user_id, category_id = o.category_id, kind = o.kind, value = o.value,
+    weight = o.weight, source = o.source, active = o.active, usage_count = o.usage_count,
+    success_count = o.success_count, created_at = o.created_at, updated_at = o.updated_at
+FROM ruleset_candidate_backups b,
+     LATERAL jsonb_populate_record(NULL::categorization_patterns, b.row) o
+WHERE b.candidate_id = %(id)s AND b.row IS NOT NULL AND p.id = b.pattern_id
+"""
+ROLLBACK_INSERT: LiteralString = """
+INSERT INTO categorization_patterns
+SELECT o.* FROM ruleset_candidate_backups b,
+     LATERAL jsonb_populate_record(NULL::categorization_patterns, b.row) o
+WHERE b.candidate_id = %(id)s AND b.row IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM categorization_patterns p WHERE p.id = b.pattern_id)
+"""
+ROLLBACK_DELETE: LiteralString = """
+DELETE FROM categorization_patterns p USING ruleset_candidate_backups b
+WHERE b.candidate_id = %(id)s AND b.row IS NULL AND p.id = b.pattern_id
+"""
+MARK_ROLLED_BACK: LiteralString = """
+UPDATE ruleset_candidates SET state = 'rolled_back', rolled_back_at = now(), updated_at = now(),
+    rolled_back_version = (SELECT version FROM ruleset)
+WHERE id = %(id)s
+RETURNING rolled_back_version
+"""
+MARK_DISCARDED: LiteralString = """
+UPDATE ruleset_candidates SET state = 'discarded', updated_at = now() WHERE id = %(id)s
+"""
+#: Rows a discarded candidate made that name a pattern it would have added (never inserted).
+CLEAR_DISCARDED_PATTERN_IDS: LiteralString = """
+UPDATE categorizations SET pattern_id = NULL
+WHERE candidate_id = %(id)s AND pattern_id = ANY(%(ids)s::bigint[])
 """

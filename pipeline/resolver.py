@@ -15,6 +15,7 @@ from collections.abc import Collection, Sequence
 from pipeline.cache.base import Entry, PatternTier
 from pipeline.errors import CacheUnavailable
 from pipeline.matcher import MerchantKey
+from pipeline.overlay import Overlay
 from pipeline.rules import Ruleset
 from pipeline.stores import PatternSource
 
@@ -27,6 +28,8 @@ class PatternResolver:
         self.tiers = list(tiers)
         self._compiled: Ruleset | None = None
         self._compile_lock = threading.Lock()
+        #: the rule set of a rolled-out candidate, keyed (version, candidate, revision)
+        self._candidate: tuple[tuple[int, int, int], Ruleset] | None = None
 
     def merchants(
         self, version: int, keys: Collection[MerchantKey], stats: Counter[str]
@@ -79,6 +82,20 @@ class PatternResolver:
             patterns = self._rule_patterns(version)
             self._compiled = Ruleset(version, patterns)
             return self._compiled
+
+    def candidate_rules(self, version: int, overlay: Overlay) -> Ruleset:
+        """The rule set of ``version`` as the candidate has it (compiled once per process, version
+        and candidate revision, next to the current one)."""
+        key = (version, overlay.candidate_id, overlay.revision)
+        compiled = self._candidate
+        if compiled is not None and compiled[0] == key:
+            return compiled[1]
+        with self._compile_lock:
+            if self._candidate is not None and self._candidate[0] == key:
+                return self._candidate[1]
+            ruleset = Ruleset(version, overlay.rules(self._rule_patterns(version)))
+            self._candidate = (key, ruleset)
+            return ruleset
 
     def _rule_patterns(self, version: int) -> Entry:
         passed: list[PatternTier] = []

@@ -14,6 +14,7 @@ import msgspec
 from pipeline import queries
 from pipeline.db import Database
 from pipeline.matcher import USER_ENTRY, USER_ENTRY_MAX, Decision, MerchantKey
+from pipeline.overlay import Overlay, Rollout
 from pipeline.tokens import (
     TOKEN_ENTRY,
     TOKEN_ENTRY_MAX,
@@ -32,6 +33,7 @@ class LoadedBatch(msgspec.Struct):
     expenses: list[Expense]
     ruleset_version: int | None  # None when no expense was found
     user_owned: set[int]  # ids whose categorization the user chose
+    rollout: Rollout | None = None  # the candidate ruleset rolled out to a share of users
 
 
 class ExpenseSource(abc.ABC):
@@ -82,13 +84,16 @@ class ExpenseStore(ExpenseSource):
         rows = self.db.run(
             lambda c: c.execute(queries.LOAD_EXPENSES, {"ids": list(ids)}).fetchall(), read=True
         )
-        expenses, owned, version = [], set(), None
+        expenses, owned, version, rollout = [], set(), None, None
         for r in rows:
             expenses.append(expense_from_row(r))
             version = r[8]
             if r[9]:
                 owned.add(r[0])
-        return LoadedBatch(expenses, version, owned)
+        if rows and rows[0][10] is not None:
+            candidate, revision, percent = rows[0][10]
+            rollout = Rollout(candidate, revision, percent)
+        return LoadedBatch(expenses, version, owned, rollout)
 
     def uncategorized_ids(self, user_id: int | None = None) -> list[int]:
         rows = self.db.run(
@@ -218,6 +223,29 @@ class CategorizationStore(CategorizationSink):
             "message_id": meta.message_id,
             "correlation_id": meta.correlation_id,
             "enqueued_at": meta.enqueued_at,
+            # empty unless a rollout user is in the batch: unnest pads it with NULLs
+            "candidate_ids": (
+                [d.candidate_id for _, d in items] if any(d.candidate_id for _, d in items) else []
+            ),
         }
         rows = self.db.run(lambda c: c.execute(queries.UPSERT_CATEGORIZATIONS, params).fetchall())
         return {r[0] for r in rows}
+
+
+class CandidateSource(abc.ABC):
+    """Where a worker gets the overlay of the candidate ruleset being rolled out."""
+
+    @abc.abstractmethod
+    def overlay(self, rollout: Rollout) -> Overlay:
+        """The candidate's overlay at the rollout's revision."""
+
+
+class CandidateStore(CandidateSource):
+    def __init__(self, db: Database):
+        self.db = db
+
+    def overlay(self, rollout: Rollout) -> Overlay:
+        from pipeline.candidates import load_overlay
+
+        # the primary: a replica behind it could hold an older revision than the one asked
+        return self.db.run(lambda c: load_overlay(c, rollout.candidate_id, rollout.revision))

@@ -73,6 +73,7 @@ def declare_actors(broker: dramatiq.Broker, holder: RuntimeHolder) -> dict[str, 
                     "unchanged": report.unchanged,
                     "cache": report.cache,
                     "ruleset_version": report.ruleset_version,
+                    "candidate": report.candidate,
                     "duration_ms": report.duration_ms,
                 },
             )

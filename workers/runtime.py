@@ -18,7 +18,7 @@ from pipeline.db import Database
 from pipeline.learning import Learner
 from pipeline.matcher import Thresholds
 from pipeline.resolver import PatternResolver
-from pipeline.stores import CategorizationStore, ExpenseStore, PatternStore
+from pipeline.stores import CandidateStore, CategorizationStore, ExpenseStore, PatternStore
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class Runtime:
             resolver=self.resolver,
             writer=CategorizationStore(self.db),
             thresholds=Thresholds(auto=settings.auto_threshold, suggest=settings.suggest_threshold),
+            candidates=CandidateStore(self.db),
         )
         self.learner = Learner(self.db)
 

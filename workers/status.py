@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import psycopg
 
-from pipeline.queries import RULESET_VERSION
+from pipeline.queries import RULESET_STATE
 from pipeline.settings import redact
 from workers.health import CHECK_TIMEOUT_S
 from workers.settings import Settings
@@ -36,6 +36,8 @@ class Status(msgspec.Struct, kw_only=True):
     #: where the fleet's state could not be read (the records live in PostgreSQL for RabbitMQ)
     fleet_error: str | None
     ruleset_version: int | None
+    #: the candidate ruleset rolled out to a share of users (``catfleet rules rollout``), or None
+    rollout: dict[str, int] | None
     database_error: str | None
     readiness: dict[str, Any] | None  # this host's /readyz answer (breaker state among it)
     readiness_url: str
@@ -95,15 +97,18 @@ def collect_status(
         if own:
             backend.close()
     version = database_error = None
+    rollout: dict[str, int] | None = None
     try:
         if database is not None:
-            row = database.run(lambda conn: conn.execute(RULESET_VERSION).fetchone(), read=True)
+            row = database.run(lambda conn: conn.execute(RULESET_STATE).fetchone(), read=True)
         else:
             with psycopg.connect(
                 settings.database_url, connect_timeout=CHECK_TIMEOUT_S, autocommit=True
             ) as conn:
-                row = conn.execute(RULESET_VERSION).fetchone()
+                row = conn.execute(RULESET_STATE).fetchone()
         version = int(row[0]) if row else None
+        if row and row[1] is not None:
+            rollout = {"candidate": int(row[1]), "percent": int(row[2])}
     except Exception as exc:
         database_error = _error(exc)
     return Status(
@@ -117,6 +122,7 @@ def collect_status(
         paused=paused,
         fleet_error=fleet_error,
         ruleset_version=version,
+        rollout=rollout,
         database_error=database_error,
         readiness=_readiness(readiness_url) if readiness_url else None,
         readiness_url=readiness_url or "",

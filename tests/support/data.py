@@ -15,8 +15,10 @@ CATEGORIES = ["coffee", "groceries", "rideshare", "dining", "fuel"]
 
 def reset(conn: psycopg.Connection[Any]) -> dict[str, int]:
     conn.execute(
-        "TRUNCATE categorizations, corrections, categorization_patterns, expenses, categories RESTART IDENTITY"
+        "TRUNCATE categorizations, corrections, categorization_patterns, expenses, categories,"
+        " ruleset_candidates, ruleset_candidate_changes, ruleset_candidate_backups RESTART IDENTITY"
     )
+    conn.execute("UPDATE ruleset SET rollout_candidate = NULL, rollout_percent = 0")
     ids = {}
     for key in CATEGORIES:
         row = conn.execute(

@@ -30,6 +30,7 @@ from workers.commands import (
     patterns,
     queue,
     relay,
+    rules,
     schema,
     status,
     worker,
@@ -53,6 +54,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     correct,
     categories,
     patterns,
+    rules,
     queue,
     console,
 )

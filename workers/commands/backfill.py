@@ -24,14 +24,27 @@ def _fail(message: str) -> SystemExit:
     return SystemExit(f"catfleet backfill: {message}")
 
 
-def _selector(args: argparse.Namespace, version: int | None) -> Selector:
+def _selector(args: argparse.Namespace, version: int | None, conn: Any = None) -> Selector:
+    """The selector as given; ``conn`` resolves ``--candidate`` (the versions its promotion made)."""
     from pipeline.backfill import Selector, resolve_merchant
 
     try:
         merchant = resolve_merchant(args.merchant) if args.merchant is not None else None
     except ValueError as exc:
         raise _fail(str(exc)) from None
+    made: tuple[int | None, int | None] = (None, None)
+    if args.candidate is not None:
+        from pipeline.candidates import made_versions
+        from pipeline.errors import CandidateError
+
+        try:
+            made = made_versions(conn, args.candidate)
+        except CandidateError as exc:
+            raise _fail(str(exc)) from None
     return Selector(
+        candidate=args.candidate,
+        made_since=made[0],
+        made_before=made[1],
         all=args.all,
         uncategorized=args.uncategorized,
         bands=sorted(set(args.band or [])),
@@ -108,13 +121,13 @@ def _summary(p: Progress) -> str:
 def _check_args(args: argparse.Namespace) -> None:
     selecting = any(
         (args.all, args.uncategorized, args.band, args.stale_ruleset is not None, args.merchant is not None)
-    ) or any(x is not None for x in (args.user, args.since, args.until, args.ids_from))
+    ) or any(x is not None for x in (args.user, args.since, args.until, args.ids_from, args.candidate))
     if args.resume and selecting:
         raise _fail("--resume RUN takes no selector: the run keeps its own")
     if not args.resume and not selecting:
         raise _fail(
-            "say what to select: --uncategorized, --band, --stale-ruleset, --merchant, --user,"
-            " --since/--until, --ids-from FILE, or --all"
+            "say what to select: --uncategorized, --band, --stale-ruleset, --candidate, --merchant,"
+            " --user, --since/--until, --ids-from FILE, or --all"
         )
     if args.since and args.until and args.since > args.until:
         raise _fail("--since is after --until")
@@ -140,7 +153,7 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
             if args.rate is not None:
                 run.rate = args.rate
         else:
-            selector = _selector(args, _stale_version(backfill, args.stale_ruleset))
+            selector = _selector(args, _stale_version(backfill, args.stale_ruleset), backfill.db)
             run = backfill.start(
                 selector, batch_size=args.batch_size or settings.batch_size, rate=args.rate, ids=ids
             )
@@ -248,11 +261,8 @@ def _batch_size(text: str) -> int:
     return value
 
 
-def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "backfill",
-        help="re-categorize a selection of expenses on the bulk lane, followed to completion, resumable",
-    )
+def add_selectors(p: argparse.ArgumentParser) -> None:
+    """The selectors of ``backfill`` (``rules diff`` takes the same)."""
     p.add_argument("--all", action="store_true", help="every live expense that is not its user's own choice")
     p.add_argument("--uncategorized", action="store_true", help="expenses without a categorization row")
     p.add_argument(
@@ -266,6 +276,12 @@ def register(sub: Any) -> None:
         metavar="VERSION",
         help="rows made by a ruleset older than VERSION (default: the current one)",
     )
+    p.add_argument(
+        "--candidate",
+        type=int,
+        metavar="ID",
+        help="rows the candidate ruleset ID made: by its rollout, or by its promotion until rolled back",
+    )
     p.add_argument("--merchant", help="this merchant (matched normalized, as patterns are)")
     p.add_argument("--user", type=int, help="this user's expenses")
     p.add_argument("--since", type=_date, help="transaction date on or after (YYYY-MM-DD)")
@@ -273,6 +289,14 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--ids-from", metavar="FILE", help="these expense ids ('-': stdin), whitespace or comma separated"
     )
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "backfill",
+        help="re-categorize a selection of expenses on the bulk lane, followed to completion, resumable",
+    )
+    add_selectors(p)
     p.add_argument("--resume", metavar="RUN", help="go on with this run from its checkpoint")
     p.add_argument("--rate", type=_positive(float), help="at most this many expenses enqueued per second")
     p.add_argument("--batch-size", type=_batch_size, help="IDs per message (default: CATFLEET_BATCH_SIZE)")

@@ -1,4 +1,6 @@
-"""``catfleet patterns list|disable|enable|add``: look at and manage categorization patterns."""
+"""``catfleet patterns list|disable|enable|add|edit|delete``: look at and manage categorization
+patterns. With ``--stage`` a change goes into the candidate ruleset (``catfleet rules``) instead
+of taking effect at once."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from schemas import PatternKind
 from workers.settings import Settings
 
 if TYPE_CHECKING:  # the CLI starts without importing psycopg
+    from pipeline.candidates import CandidateAdmin, Staged
     from pipeline.db import Database
     from pipeline.patterns import PatternAdmin
 
@@ -43,6 +46,31 @@ def _admin(settings: Settings) -> Iterator[PatternAdmin]:
         yield PatternAdmin(db)
     finally:
         db.close()
+
+
+@contextmanager
+def _candidates(settings: Settings) -> Iterator[CandidateAdmin]:
+    from pipeline.candidates import CandidateAdmin
+    from workers.dlq.base import operator_name
+
+    db = _database(settings)
+    try:
+        yield CandidateAdmin(db, operator=operator_name())
+    finally:
+        db.close()
+
+
+def _staged(staged: Staged, as_json: bool = False) -> int:
+    if as_json:
+        print(msgspec.json.encode(staged).decode())
+        return 0
+    what = "new pattern" if staged.created else "pattern"
+    live = "; the candidate is rolled out: its users get it now" if staged.version_bumped else ""
+    print(
+        f"staged {staged.op} of {what} {staged.pattern_id} into candidate {staged.candidate_id}"
+        f" (change {staged.change_id}){live}: catfleet rules show / diff / rollout / promote"
+    )
+    return 0
 
 
 def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
@@ -87,6 +115,9 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
 
 def _switch(active: bool) -> Callable[[Settings, argparse.Namespace], int]:
     def cmd(settings: Settings, args: argparse.Namespace) -> int:
+        if args.stage:
+            with _candidates(settings) as candidates:
+                return _staged(candidates.stage_active(args.id, active))
         with _admin(settings) as admin:
             admin.set_active(args.id, active)
         print(f"pattern {args.id} {'enabled' if active else 'disabled'}")
@@ -95,7 +126,37 @@ def _switch(active: bool) -> Callable[[Settings, argparse.Namespace], int]:
     return cmd
 
 
+def cmd_edit(settings: Settings, args: argparse.Namespace) -> int:
+    if args.stage:
+        with _candidates(settings) as candidates:
+            return _staged(candidates.stage_edit(args.id, weight=args.weight))
+    with _admin(settings) as admin:
+        admin.edit(args.id, weight=args.weight)
+    print(f"pattern {args.id} weight set to {args.weight}")
+    return 0
+
+
+def cmd_delete(settings: Settings, args: argparse.Namespace) -> int:
+    if args.stage:
+        with _candidates(settings) as candidates:
+            return _staged(candidates.stage_delete(args.id))
+    with _admin(settings) as admin:
+        admin.delete(args.id)
+    print(f"pattern {args.id} deleted")
+    return 0
+
+
 def cmd_add(settings: Settings, args: argparse.Namespace) -> int:
+    if args.stage:
+        with _candidates(settings) as candidates:
+            staged = candidates.stage_add(
+                kind=args.kind,
+                value=args.value,
+                category_key=args.category,
+                user_id=args.user,
+                weight=args.weight,
+            )
+        return _staged(staged, args.json)
     with _admin(settings) as admin:
         pattern_id, created = admin.add(
             kind=args.kind,
@@ -113,7 +174,10 @@ def cmd_add(settings: Settings, args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     kinds = [k.value for k in PatternKind]
-    p = sub.add_parser("patterns", help="list, disable, enable and add categorization patterns")
+    p = sub.add_parser(
+        "patterns",
+        help="list, disable, enable, add, edit and delete categorization patterns (or --stage them)",
+    )
     psub = p.add_subparsers(dest="patterns_command", required=True)
 
     q = psub.add_parser("list", help="list patterns (learned ones included)")
@@ -130,10 +194,23 @@ def register(sub: Any) -> None:
     q.add_argument("--json", action="store_true", help="a JSON array")
     q.set_defaults(func=cmd_list)
 
+    stage = "record the change in the candidate ruleset instead of applying it (catfleet rules)"
     for name, active in (("disable", False), ("enable", True)):
         q = psub.add_parser(name, help=f"{name} a pattern (every worker sees it on its next batch)")
         q.add_argument("id", type=int, metavar="ID")
+        q.add_argument("--stage", action="store_true", help=stage)
         q.set_defaults(func=_switch(active))
+
+    q = psub.add_parser("edit", help="set a pattern's weight")
+    q.add_argument("id", type=int, metavar="ID")
+    q.add_argument("--weight", type=float, required=True, help="in (0, 1]")
+    q.add_argument("--stage", action="store_true", help=stage)
+    q.set_defaults(func=cmd_edit)
+
+    q = psub.add_parser("delete", help="delete a pattern")
+    q.add_argument("id", type=int, metavar="ID")
+    q.add_argument("--stage", action="store_true", help=stage)
+    q.set_defaults(func=cmd_delete)
 
     q = psub.add_parser("add", help="save a pattern (source user); a regex RE2 rejects is refused")
     q.add_argument("--kind", required=True, choices=kinds)
@@ -141,5 +218,6 @@ def register(sub: Any) -> None:
     q.add_argument("--category", required=True, help="category key")
     q.add_argument("--user", type=int, help="the user it belongs to (default: global)")
     q.add_argument("--weight", type=float, default=0.9, help="in (0, 1], default 0.9")
+    q.add_argument("--stage", action="store_true", help=stage)
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_add)

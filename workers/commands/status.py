@@ -83,7 +83,13 @@ def render(status: Status) -> str:
     if status.database_error:
         lines.append(f"ruleset    unknown: PostgreSQL: {status.database_error}")
     else:
-        lines.append(f"ruleset    version {status.ruleset_version}")
+        rollout = status.rollout
+        share = (
+            f", candidate {rollout['candidate']} rolled out to {rollout['percent']}% of users"
+            if rollout
+            else ""
+        )
+        lines.append(f"ruleset    version {status.ruleset_version}{share}")
     r = status.readiness
     if r is None:
         lines.append(f"this host  no answer from {status.readiness_url} (no worker here?)")
