@@ -140,23 +140,27 @@ def _where(dsn: str) -> tuple[str, str]:
     return str(params.get("dbname") or params.get("user") or ""), f"{host}:{params.get('port') or 5432}"
 
 
-def database_missing(dsn: str, *, connect_timeout: int) -> DatabaseMissing | None:
-    """When ``dsn`` cannot be connected to: a ``DatabaseMissing`` if the server answers through
-    its maintenance database and has no database of that name; None when that cannot be told
-    (the server is down, the maintenance database is not open to this user, ...). Asking the
-    catalog, not matching the server's (translatable) message."""
-    name, where = _where(dsn)
+def database_exists(dsn: str, *, connect_timeout: int) -> bool | None:
+    """Whether the server has the database ``dsn`` names, asked through its maintenance database
+    (the catalog, not the server's translatable message); None when that cannot be told (the
+    server is down, the maintenance database is not open to this user, no name)."""
+    name, _ = _where(dsn)
     if not name or name == MAINTENANCE_DB:
         return None
     try:
         with psycopg.connect(
             make_conninfo(dsn, dbname=MAINTENANCE_DB), autocommit=True, connect_timeout=connect_timeout
         ) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            return (
+                conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+            )
     except psycopg.Error:
         return None
-    if exists:
-        return None
+
+
+def missing_database(dsn: str) -> DatabaseMissing:
+    """The error for a server that has no database of the name ``dsn`` gives."""
+    name, where = _where(dsn)
     return DatabaseMissing(
         f"database {name!r} does not exist on {where}: create it (catfleet migrate --create-database)"
         " or point CATFLEET_DATABASE_URL at an existing one"

@@ -17,7 +17,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
     from pipeline.db import translate_errors
     from pipeline.errors import DatabaseUnavailable
-    from pipeline.migrate import create_database, database_missing, migrate
+    from pipeline.migrate import create_database, database_exists, migrate, missing_database
 
     def connect() -> psycopg.Connection[object]:
         with translate_errors():  # a server that does not answer: one line, exit 2 (CatfleetError)
@@ -26,13 +26,16 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     try:
         conn = connect()
     except DatabaseUnavailable:
-        missing = database_missing(settings.database_url, connect_timeout=CONNECT_TIMEOUT_S)
-        if missing is None:
+        exists = database_exists(settings.database_url, connect_timeout=CONNECT_TIMEOUT_S)
+        if exists is None:  # the server cannot be asked: its error is the one to show
             raise
-        if not args.create_database:
-            raise missing from None  # one line naming the database, exit 2
-        if create_database(settings.database_url, connect_timeout=CONNECT_TIMEOUT_S):
-            print(f"created database {conninfo_to_dict(settings.database_url).get('dbname')}")
+        if not exists:
+            if not args.create_database:
+                raise missing_database(settings.database_url) from None  # one line naming it, exit 2
+            if create_database(settings.database_url, connect_timeout=CONNECT_TIMEOUT_S):
+                print(f"created database {conninfo_to_dict(settings.database_url).get('dbname')}")
+        # else another host created it between the first connect and the look (migrations started
+        # together on a new server): connect again
         conn = connect()
     with conn:
         applied = migrate(conn)
