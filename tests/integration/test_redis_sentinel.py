@@ -26,6 +26,7 @@ from tests.support.servers import RedisServer, server_port
 from tests.support.services import ROOT, run_catfleet, settings_env, wait_for
 from workers.app import build_app
 from workers.backends.redis.broker import NotReplicated
+from workers.config import settings_from_env
 from workers.harness.processes import stop_workers
 from workers.producer import Producer
 from workers.relay import Relay
@@ -139,6 +140,19 @@ def test_the_deploy_configuration_runs(tmp_path: Path) -> None:
     node refuses eviction, keeps an append-only file and stops writes without a replica; the
     Sentinel monitors it as ``catfleet`` with a quorum of 2."""
     conf = ROOT / "deploy" / "redis-sentinel"
+    lines = [
+        ln
+        for ln in (conf / "catfleet.env").read_text().splitlines()
+        if ln.lstrip("# ").startswith("CATFLEET_")
+    ]
+    env = dict(ln.lstrip("# ").split("=", 1) for ln in lines)
+    assert set(env) == {
+        "CATFLEET_BROKER_URL",
+        "CATFLEET_BROKER_MIN_REPLICAS",
+        "CATFLEET_BROKER_REPLICA_TIMEOUT_MS",
+    }
+    shipped = settings_from_env(env)  # the settings take every one of them
+    assert shipped.broker_min_replicas == 1 and shipped.broker_url.startswith("redis+sentinel://")
     node = RedisServer(tmp_path / "node")
     sentinel_dir = tmp_path / "sentinel"
     sentinel_dir.mkdir()
