@@ -19,10 +19,11 @@ import psycopg
 import pytest
 from dramatiq.common import dq_name
 
+from pipeline import outbox
 from tests.support import data
 from tests.support.broker import EMPTY, queue_state
 from tests.support.sentinel import sentinel_group
-from tests.support.services import WorkerProcess, wait_for
+from tests.support.services import RelayProcess, WorkerProcess, log_events, wait_for
 from workers.app import build_app
 from workers.backends.base import FLEET_QUEUES
 from workers.producer import Producer
@@ -136,3 +137,92 @@ def test_the_redis_primary_lost_mid_run_loses_nothing(
         f" the kill; {errors} consumer connection errors; 0 dead-lettered, 0 failures"
     )
     assert recovery_s <= RECOVERY_BOUND_S
+
+
+#: The outbox run: expenses requested in small transactions while the relay sends them.
+OUTBOX_EXPENSES, OUTBOX_CHUNK = 10_000, 250
+
+
+def test_the_outbox_relay_loses_no_request_across_a_failover(
+    settings: Settings, tmp_path: Path, conn: psycopg.Connection[Any], cats: dict[str, int]
+) -> None:
+    """Requests are committed to the outbox while a relay (``CATFLEET_BROKER_MIN_REPLICAS=1``)
+    sends them and a worker runs them. Half-way through, both replicas are stopped (SIGSTOP), so
+    what the relay sends next is on the primary alone and its ``WAIT`` fails; then the primary is
+    SIGKILLed, taking those messages with it, and the replicas go on. The relay had kept those
+    requests pending and sends them again to the promoted replica (which has the other replica to
+    confirm with); every expense gets its one row."""
+    conn.execute("TRUNCATE categorization_requests RESTART IDENTITY")
+    with sentinel_group(tmp_path / "redis", replicas=2) as group:
+        fleet = msgspec.structs.replace(
+            settings,
+            broker_url=group.url(),
+            batch_size=BATCH,
+            worker_prefetch=PREFETCH,
+            broker_heartbeat_timeout_ms=HEARTBEAT_TIMEOUT_MS,
+            broker_maintenance_interval_ms=500,
+            relay_poll_seconds=0.5,
+        )
+        relaying = msgspec.structs.replace(fleet, broker_min_replicas=1, broker_replica_timeout_ms=200)
+        ids = data.bulk_expenses(conn, OUTBOX_EXPENSES)
+        relay = RelayProcess(relaying, tmp_path / "relay.log")
+        worker = WorkerProcess(fleet, tmp_path / "worker.log", threads=THREADS)
+        try:
+            relay.wait_listening(settings.database_url)
+            worker.wait_ready()
+            chunks = [ids[i : i + OUTBOX_CHUNK] for i in range(0, len(ids), OUTBOX_CHUNK)]
+            killed_at = 0.0
+            for n, chunk in enumerate(chunks):
+                with conn.transaction():
+                    outbox.request(conn, chunk)
+                if n == len(chunks) // 2:
+                    # the replicas stop taking the replication stream: what the relay sends now
+                    # is on the primary alone, its WAIT fails, and the primary dies with it
+                    for replica in group.replicas:
+                        assert replica.proc is not None
+                        replica.proc.send_signal(signal.SIGSTOP)
+                    with conn.transaction():
+                        outbox.request(conn, chunk[:1])  # one more request, sent unreplicated
+                    wait_for(
+                        lambda: "NotReplicated" in relay.log(),
+                        timeout=10,
+                        interval=0.02,
+                        what="a WAIT that failed",
+                    )
+                    group.primary.stop(signal.SIGKILL)
+                    killed_at = time.monotonic()
+                    for replica in group.replicas:
+                        assert replica.proc is not None
+                        replica.proc.send_signal(signal.SIGCONT)
+                time.sleep(0.05)
+            wait_for(
+                lambda: outbox.backlog(conn).pending == 0, timeout=60, interval=0.1, what="every request sent"
+            )
+            sent_s = time.monotonic() - killed_at
+            wait_for(
+                lambda: data.categorized(conn) == (OUTBOX_EXPENSES, OUTBOX_EXPENSES),
+                timeout=60, interval=0.1, what="every expense",
+            )  # fmt: skip
+            done_s = time.monotonic() - killed_at
+            errors = log_events(relay, "relay_error")
+            assert errors and all(e["stage"] == "broker" for e in errors), relay.log()[-3000:]
+            unconfirmed = sum("NotReplicated" in e["msg"] for e in errors)
+            assert unconfirmed >= 1
+            assert relay.alive() and worker.alive()
+        finally:
+            relay.stop()
+            worker.stop()
+            conn.execute("TRUNCATE categorization_requests RESTART IDENTITY")
+        assert group.master_port() in {r.port for r in group.replicas}
+        app = build_app(fleet)
+        try:
+            stats = app.backend.queue_stats()
+        finally:
+            app.close()
+        assert [(q.queue, q.ready, q.delayed, q.dead) for q in stats] == [(q.queue, 0, 0, 0) for q in stats]
+    print(
+        f"\nRelay across a failover: {OUTBOX_EXPENSES} expenses requested in {len(chunks)} transactions,"
+        f" the primary SIGKILLed after {len(chunks) // 2 + 1}; {len(errors)} relay broker errors"
+        f" ({unconfirmed} NotReplicated: sent, unconfirmed, sent again); every request"
+        f" sent {sent_s:.1f} s and every expense one row {done_s:.1f} s after the kill; 0 dead-lettered"
+    )

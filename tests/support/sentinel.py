@@ -68,12 +68,16 @@ class SentinelNode:
 
 
 class SentinelGroup:
-    def __init__(self, directory: Path) -> None:
-        self.primary = RedisServer(directory / "primary")
-        replica_of = ["--replicaof", HOST, str(self.primary.port)]
+    """``replicas`` replicas of the primary (the first is ``replica``) and 3 Sentinels."""
+
+    def __init__(self, directory: Path, *, replicas: int = 1) -> None:
         fast_sync = ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]
-        self.replica = RedisServer(directory / "replica", extra=[*replica_of, *fast_sync])
-        self.primary.extra = fast_sync
+        self.primary = RedisServer(directory / "primary", extra=fast_sync)
+        replica_of = ["--replicaof", HOST, str(self.primary.port)]
+        self.replicas = [
+            RedisServer(directory / f"replica{i}", extra=[*replica_of, *fast_sync]) for i in range(replicas)
+        ]
+        self.replica = self.replicas[0]
         self.sentinels = [SentinelNode(directory / f"sentinel{i}", self.primary.port) for i in range(3)]
 
     def url(self, db: int = 0) -> str:
@@ -82,21 +86,29 @@ class SentinelGroup:
 
     def start(self) -> None:
         self.primary.start()
-        self.replica.start()
+        for replica in self.replicas:
+            replica.start()
         wait_for(self.replica_in_sync, timeout=20, interval=0.05, what="the replica in sync")
         for s in self.sentinels:
             s.start()
         wait_for(self._sentinels_agree, timeout=30, interval=0.1, what="3 Sentinels that see each other")
 
     def replica_in_sync(self) -> bool:
-        with self.replica.client() as c:
-            info = c.info("replication")
-        return info.get("master_link_status") == "up"
+        """Every replica's link to its primary is up."""
+        for replica in self.replicas:
+            with replica.client() as c:
+                if c.info("replication").get("master_link_status") != "up":
+                    return False
+        return True
 
     def _sentinels_agree(self) -> bool:
         for s in self.sentinels:
             m = s.master()
-            if not m or int(str(m.get("num-slaves", 0))) < 1 or int(str(m.get("num-other-sentinels", 0))) < 2:
+            if (
+                not m
+                or int(str(m.get("num-slaves", 0))) < len(self.replicas)
+                or int(str(m.get("num-other-sentinels", 0))) < 2
+            ):
                 return False
         return True
 
@@ -109,24 +121,25 @@ class SentinelGroup:
         return None
 
     def server(self, port: int) -> RedisServer:
-        return self.primary if port == self.primary.port else self.replica
+        [found] = [r for r in (self.primary, *self.replicas) if r.port == port]
+        return found
 
     def logs(self) -> str:
         parts = [f"--- sentinel {s.port}\n{s.log()}" for s in self.sentinels]
-        parts += [f"--- redis {r.port}\n{r.log()}" for r in (self.primary, self.replica)]
+        parts += [f"--- redis {r.port}\n{r.log()}" for r in (self.primary, *self.replicas)]
         return "\n".join(parts)
 
     def stop(self) -> None:
         for s in self.sentinels:
             s.stop()
-        for r in (self.primary, self.replica):
+        for r in (self.primary, *self.replicas):
             r.stop(signal.SIGKILL)
 
 
 @contextlib.contextmanager
-def sentinel_group(directory: Path) -> Iterator[SentinelGroup]:
-    """A started primary + replica + 3 Sentinels; every process stopped afterwards."""
-    group = SentinelGroup(directory)
+def sentinel_group(directory: Path, *, replicas: int = 1) -> Iterator[SentinelGroup]:
+    """A started primary + ``replicas`` replicas + 3 Sentinels; every process stopped afterwards."""
+    group = SentinelGroup(directory, replicas=replicas)
     try:
         group.start()
         yield group
