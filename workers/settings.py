@@ -8,8 +8,10 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from pipeline.errors import SettingsError
 from pipeline.settings import PipelineSettings, Positive
 from schemas import MAX_BATCH_IDS
+from workers.backends.redis_urls import is_sentinel_url, parse_sentinel_url
 from workers.backends.registry import SCHEMES, supports
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -20,7 +22,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 524_288
 class Settings(PipelineSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Every knob of catfleet. Each field is set by ``CATFLEET_<FIELD NAME IN CAPITALS>``."""
 
-    #: ``redis://`` (default) or ``amqp://`` (RabbitMQ).
+    #: ``redis://`` (default), ``redis+sentinel://host1,host2,host3/service[/db]`` (a Redis primary
+    #: found through its Sentinels: every client follows a failover) or ``amqp://`` (RabbitMQ).
     broker_url: str = DEFAULT_BROKER_URL
     #: Redis broker key namespace; every producer and worker of a fleet must agree.
     broker_namespace: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:{}-]{1,64}$")] = "dramatiq"
@@ -30,6 +33,13 @@ class Settings(PipelineSettings, frozen=True, kw_only=True, forbid_unknown_field
     broker_maintenance_chance: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 20_000
     #: Redis broker: every worker process also heartbeats and runs maintenance this often (ms).
     broker_maintenance_interval_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 5_000
+    #: Redis broker: a producer's enqueue (``Producer``, ``catfleet enqueue``, the outbox relay)
+    #: counts as sent only once at least this many replicas have it (``WAIT``), within
+    #: ``broker_replica_timeout_ms``; otherwise it fails (the relay keeps the requests pending and
+    #: sends them again). 0: off (an enqueue acknowledged by the primary alone can be lost in a
+    #: failover).
+    broker_min_replicas: Annotated[int, msgspec.Meta(ge=0, le=16)] = 0
+    broker_replica_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 1_000
     #: IDs per message the producer sends (the schema's hard maximum is MAX_BATCH_IDS).
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_BATCH_IDS)] = 500
     #: Worker processes and threads per process started by ``catfleet worker``.
@@ -129,6 +139,11 @@ class Settings(PipelineSettings, frozen=True, kw_only=True, forbid_unknown_field
             raise ValueError("broker_url must not be empty")
         if not supports(self.broker_url):
             raise ValueError("broker_url must start with " + ", ".join(SCHEMES))
+        if is_sentinel_url(self.broker_url):
+            try:
+                parse_sentinel_url(self.broker_url)
+            except SettingsError as exc:
+                raise ValueError(str(exc)) from None
 
     def redacted(self) -> dict[str, object]:
         """Also without the console's passwords and session key."""

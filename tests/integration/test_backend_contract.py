@@ -1,5 +1,6 @@
-"""The enqueue and queue-statistics contract of every broker backend: in-memory, Redis and
-RabbitMQ (a private vhost), through the fleet's own app and producer."""
+"""The enqueue and queue-statistics contract of every broker backend: in-memory, Redis, Redis
+behind Sentinel (a primary, a replica and 3 Sentinels of the module's own) and RabbitMQ (a private
+vhost), through the fleet's own app and producer."""
 
 from __future__ import annotations
 
@@ -13,24 +14,33 @@ import pytest
 
 from schemas import CATEGORIZE_QUEUE, LEARN_QUEUE
 from tests.support.rabbit import rabbit_vhost
+from tests.support.sentinel import SentinelGroup, sentinel_group
 from tests.support.services import wait_for
 from workers.app import App, build_app
 from workers.backends.base import FLEET_QUEUES, QueueStats
 from workers.producer import Producer
 from workers.settings import Settings
 
-KINDS = ["memory", "redis", "rabbitmq"]
+KINDS = ["memory", "redis", "redis+sentinel", "rabbitmq"]
+
+
+@pytest.fixture(scope="module")
+def sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    with sentinel_group(tmp_path_factory.mktemp("sentinel")) as group:
+        yield group
 
 
 @pytest.fixture(params=KINDS)
 def fleet(request: pytest.FixtureRequest, settings: Settings) -> Iterator[App]:
     with ExitStack() as stack:
         url = {"memory": "memory://", "redis": settings.broker_url}.get(request.param)
-        if url is None:
+        if request.param == "redis+sentinel":
+            url = request.getfixturevalue("sentinels").url()
+        elif url is None:
             url = stack.enter_context(rabbit_vhost())
         app = build_app(msgspec.structs.replace(settings, broker_url=url, metrics_port=0))
         stack.callback(app.close)
-        assert app.backend.kind == request.param
+        assert app.backend.kind == request.param.partition("+")[0]
         app.backend.flush()
         yield app
 

@@ -22,6 +22,7 @@ from dramatiq.common import dq_name
 from schemas import CATEGORIZE_ACTOR
 from tests.support.readme import DEPLOY, alert_names, procfile, systemd_units
 from workers.backends.base import FLEET_QUEUES
+from workers.backends.redis_urls import parse_sentinel_url
 from workers.config import settings_from_env
 from workers.harness.processes import ROOT
 from workers.settings import Settings
@@ -29,6 +30,7 @@ from workers.settings import Settings
 K8S = DEPLOY / "k8s"
 BASE = K8S / "base"
 OVERLAY = K8S / "overlays" / "example"
+SENTINEL_OVERLAY = K8S / "overlays" / "sentinel"
 #: Every metric name the README's metrics tables document (a name with its labels: ``name{label}``).
 README_METRICS = set(
     re.findall(r"^\| `([a-z_]+)(?:\{[a-z_, ]*\})?` \|", (ROOT / "README.md").read_text(), re.MULTILINE)
@@ -431,3 +433,40 @@ def test_every_domain_metric_is_documented() -> None:
         "catfleet_broker_up",
     }
     assert defined <= README_METRICS, defined - README_METRICS
+
+
+def test_the_sentinel_overlay_points_the_pods_and_keda_at_the_sentinels() -> None:
+    """components/broker-sentinel: every pod composes one ``redis+sentinel://`` URL whose Sentinels
+    are KEDA's addresses and whose service is KEDA's master; the NetworkPolicies of every pod that
+    uses the broker let it reach the Sentinels."""
+    objs = rendered(SENTINEL_OVERLAY)
+    data = config(objs)
+    secret = {"BROKER_REDIS_PASSWORD": "s3cretpw"}
+    env = {**data, **secret}
+    urls = set()
+    for pod in pod_specs(objs).values():
+        for container in pod["spec"]["containers"]:
+            for var in container.get("env", []):
+                if var["name"] == "CATFLEET_BROKER_URL":
+                    urls.add(_expand(var["value"], env))
+    [url] = urls
+    target = parse_sentinel_url(Settings(broker_url=url).broker_url)
+    addresses = [tuple(a.rsplit(":", 1)) for a in data["BROKER_REDIS_ADDRESS"].split(",")]
+    assert [(h, int(p)) for h, p in addresses] == target.sentinels and len(target.sentinels) == 3
+    assert (target.password, target.db) == ("s3cretpw", 0)
+    triggers = objs["ScaledObject/catfleet-worker"]["spec"]["triggers"]
+    assert len(triggers) == len(FLEET_QUEUES) * 2
+    for trigger in triggers:
+        meta = trigger["metadata"]
+        assert trigger["type"] == "redis-sentinel" and "addressFromEnv" not in meta
+        assert (meta["addressesFromEnv"], meta["sentinelMaster"]) == ("BROKER_REDIS_ADDRESS", target.service)
+        assert meta["databaseIndex"] == str(target.db)
+    for name in ("catfleet-worker", "catfleet-relay", "catfleet-console"):
+        egress = objs[f"NetworkPolicy/{name}"]["spec"]["egress"]
+        to_sentinels = [
+            rule
+            for rule in egress
+            if rule["to"][0].get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name")
+            == "catfleet-broker-sentinel"
+        ]
+        assert [r["ports"] for r in to_sentinels] == [[{"port": 26379, "protocol": "TCP"}]], name

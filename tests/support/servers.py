@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -71,7 +71,8 @@ class RedisServer:
     """A ``redis-server`` child process in ``directory``; stopped and started at will.
 
     Without ``persist`` a restart comes back empty; with it the append-only file (fsync on every
-    write) keeps the data across a SIGTERM. ``cluster`` makes it a Redis Cluster node. ``netns``:
+    write) keeps the data across a SIGTERM. ``cluster`` makes it a Redis Cluster node; ``extra``:
+    more ``redis-server`` arguments (``--replicaof host port``). ``netns``:
     it runs inside that network namespace, listening on ``bind``; ``call`` runs its readiness
     check where that address is reachable (``tests.support.netns.Lan.call``)."""
 
@@ -82,6 +83,7 @@ class RedisServer:
         port: int | None = None,
         persist: bool = False,
         cluster: bool = False,
+        extra: Sequence[str] = (),
         bind: str = HOST,
         netns: str | None = None,
         call: Caller = _here,
@@ -90,6 +92,7 @@ class RedisServer:
         self.dir = directory
         self.persist = persist
         self.cluster = cluster
+        self.extra = list(extra)
         self.bind = bind
         self.netns = netns
         self.call = call
@@ -115,6 +118,7 @@ class RedisServer:
         if self.cluster:
             argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
             argv += ["--cluster-node-timeout", "1000"]
+        argv += self.extra
         self.proc = subprocess.Popen(
             in_netns(self.netns, argv), start_new_session=True, stdout=subprocess.DEVNULL
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 BACKENDS: dict[str, str] = {
     "redis://": "workers.backends.redis:RedisBackend",
     "rediss://": "workers.backends.redis:RedisBackend",
+    "redis+sentinel://": "workers.backends.redis:RedisBackend",
     "amqp://": "workers.backends.rabbitmq:RabbitmqBackend",
     "amqps://": "workers.backends.rabbitmq:RabbitmqBackend",
     "memory://": "workers.backends.memory:MemoryBackend",

@@ -7,11 +7,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import dramatiq
 import msgspec
 import redis
 from dramatiq.middleware import Middleware
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from pipeline.cache.client import fail_fast_options
 from pipeline.errors import CatfleetError
@@ -22,6 +26,7 @@ from workers.backends.redis.fleetstate import RedisFleetState
 from workers.backends.redis.keys import RedisKeys
 from workers.backends.redis.maintenance import BrokerMaintenance
 from workers.backends.redis.records import RedisDeliveryCounter, RedisFailureLog
+from workers.backends.redis_urls import SentinelURL, is_sentinel_url, parse_sentinel_url
 from workers.dlq.base import AuditLog
 from workers.settings import Settings
 
@@ -42,14 +47,27 @@ class RedisBackend(Backend):
     def __init__(self, settings: Settings):
         super().__init__(settings)
         self.keys = RedisKeys(settings.broker_namespace)
-        self.client = redis.Redis.from_url(
-            settings.broker_url,
-            socket_connect_timeout=CHECK_TIMEOUT_S,
-            socket_timeout=CHECK_TIMEOUT_S * 5,
-            **fail_fast_options(
-                keepalive_s=settings.tcp_keepalive_s, user_timeout_ms=settings.tcp_user_timeout_ms
-            ),
-        )
+        #: With a ``redis+sentinel://`` URL, what it names and the Sentinels every pool asks.
+        self.sentinel: SentinelURL | None = None
+        self._sentinels: Sentinel | None = None
+        if is_sentinel_url(settings.broker_url):
+            self.sentinel = parse_sentinel_url(settings.broker_url)
+            self._sentinels = _sentinels(self.sentinel, self._tcp())
+        if self.sentinel is None:
+            self.client = redis.Redis.from_url(
+                settings.broker_url,
+                socket_connect_timeout=CHECK_TIMEOUT_S,
+                socket_timeout=CHECK_TIMEOUT_S * 5,
+                **fail_fast_options(
+                    keepalive_s=settings.tcp_keepalive_s, user_timeout_ms=settings.tcp_user_timeout_ms
+                ),
+            )
+        else:
+            self.client = redis.Redis(
+                connection_pool=self.connection_pool(
+                    socket_connect_timeout=CHECK_TIMEOUT_S, socket_timeout=CHECK_TIMEOUT_S * 5
+                )
+            )
         self._spare: SafeRedisBroker | None = None
         self._failures = RedisFailureLog(self.client, self.keys)
         self._deliveries = RedisDeliveryCounter(self.client, self.keys)
@@ -62,14 +80,34 @@ class RedisBackend(Backend):
     def deliveries(self) -> RedisDeliveryCounter:
         return self._deliveries
 
+    def _tcp(self) -> dict[str, Any]:
+        s = self.settings
+        return fail_fast_options(keepalive_s=s.tcp_keepalive_s, user_timeout_ms=s.tcp_user_timeout_ms)
+
+    def connection_pool(self, **options: Any) -> redis.ConnectionPool:
+        """A pool of connections to the broker's Redis with the TCP options (and ``options``): the
+        URL's server, or with a Sentinel URL the primary its Sentinels name, asked again on every
+        new connection (a connection that meets a demoted primary's ``READONLY`` is dropped)."""
+        if self.sentinel is None:
+            return redis.ConnectionPool.from_url(self.settings.broker_url, **self._tcp(), **options)
+        assert self._sentinels is not None
+        return SentinelConnectionPool(
+            self.sentinel.service,
+            self._sentinels,
+            db=self.sentinel.db,
+            username=self.sentinel.username,
+            password=self.sentinel.password,
+            **self._tcp(),
+            **options,
+        )
+
     def _make_broker(self, middleware: list[Middleware]) -> dramatiq.Broker:
         s = self.settings
         # Dramatiq's RedisBroker builds its pool from ``url`` alone (other keywords go to a
         # ``Redis`` that then ignores them): the pool is built here, with the TCP options (the
         # wake subscriber's pub/sub connection comes from it too).
-        tcp = fail_fast_options(keepalive_s=s.tcp_keepalive_s, user_timeout_ms=s.tcp_user_timeout_ms)
         return SafeRedisBroker(
-            connection_pool=redis.ConnectionPool.from_url(s.broker_url, **tcp),
+            connection_pool=self.connection_pool(),
             namespace=s.broker_namespace,
             heartbeat_timeout=s.broker_heartbeat_timeout_ms,
             maintenance_chance=s.broker_maintenance_chance,
@@ -77,6 +115,8 @@ class RedisBackend(Backend):
             wakeup=s.worker_wakeup,
             failure_log=self._failures,
             max_message_bytes=s.max_message_bytes,
+            min_replicas=s.broker_min_replicas,
+            replica_timeout_ms=s.broker_replica_timeout_ms,
         )
 
     def middleware(self) -> list[Middleware]:
@@ -198,9 +238,8 @@ class RedisBackend(Backend):
         """A broker without middleware or consumers, for maintenance calls (made on first use)."""
         if self._spare is None:
             s = self.settings
-            tcp = fail_fast_options(keepalive_s=s.tcp_keepalive_s, user_timeout_ms=s.tcp_user_timeout_ms)
             self._spare = SafeRedisBroker(
-                connection_pool=redis.ConnectionPool.from_url(s.broker_url, **tcp),
+                connection_pool=self.connection_pool(),
                 namespace=s.broker_namespace,
                 heartbeat_timeout=s.broker_heartbeat_timeout_ms,
                 middleware=[],
@@ -231,6 +270,43 @@ class RedisBackend(Backend):
         if self._spare is not None:
             self._spare.close()
         self.client.close()
+        if self._sentinels is not None:  # a pool handed to ``Redis`` is not closed with it
+            self.client.connection_pool.disconnect()
+            self._sentinels.close()
+
+
+class _Sentinels(Sentinel):
+    """redis-py's Sentinel client, whose "no master" error names the Sentinels in one short line
+    (redis-py's has the repr of every Sentinel client in it, passwords masked but hundreds of
+    characters long)."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        try:
+            address: tuple[str, int] = super().discover_master(service_name)
+        except MasterNotFoundError:
+            hosts = ", ".join(
+                "{host}:{port}".format_map(s.connection_pool.connection_kwargs) for s in self.sentinels
+            )
+            raise MasterNotFoundError(
+                f"no Sentinel ({hosts}) names a primary for {service_name!r} that is up"
+                " (unreachable Sentinels, an unknown service, or a failover in progress)"
+            ) from None
+        return address
+
+
+def _sentinels(url: SentinelURL, tcp: dict[str, Any]) -> Sentinel:
+    """The Sentinels of ``url``: short timeouts and no retries (redis-py's default client retries
+    a refused connection 3 times with backoff: seconds lost on a dead Sentinel before the next is
+    asked), the TCP options, their own password if any."""
+    options: dict[str, Any] = {
+        "retry": Retry(NoBackoff(), 0),
+        "socket_connect_timeout": CHECK_TIMEOUT_S / 4,
+        "socket_timeout": CHECK_TIMEOUT_S,
+        **tcp,
+    }
+    if url.sentinel_password:
+        options["password"] = url.sentinel_password
+    return _Sentinels(url.sentinels, sentinel_kwargs=options)
 
 
 def _age(payload: bytes | None, now_ms: int) -> float | None:

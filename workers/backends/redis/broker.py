@@ -32,6 +32,7 @@ from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.message import Message
 from redis.exceptions import NoScriptError
 
+from pipeline.errors import BrokerUnavailable
 from workers.backends.redis.keys import RedisKeys
 from workers.dlq.base import canonical_queue
 from workers.failures import MAX_ERROR_CHARS, FailureLog, FailureRecord
@@ -45,6 +46,19 @@ logger = logging.getLogger(__name__)
 WAKE_RESUBSCRIBE_S = 1.0
 #: Messages sent per pipeline by ``enqueue_many`` (one round trip each).
 PIPELINE_MESSAGES = 200
+
+
+class NotReplicated(BrokerUnavailable):
+    """An enqueue the primary stored that fewer replicas than asked confirmed (``WAIT``) in time:
+    a failover now could lose it. Sending it again is safe (the idempotent write)."""
+
+    def __init__(self, replicas: int, wanted: int, timeout_ms: int):
+        super().__init__(
+            f"enqueue reached {replicas} of the {wanted} replica(s) asked for within {timeout_ms} ms"
+            " (CATFLEET_BROKER_MIN_REPLICAS); not confirmed, send it again"
+        )
+        self.replicas = replicas
+        self.wanted = wanted
 
 
 class WakeSubscriber:
@@ -94,9 +108,15 @@ class SafeRedisBroker(RedisBroker):
         failure_log: FailureLog | None = None,
         wakeup: bool = True,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 1_000,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        #: ``enqueue_many`` (producers, the relay) returns only once this many replicas confirm
+        #: its writes (``WAIT``), within ``replica_timeout_ms``; else ``NotReplicated``. 0: off.
+        self.min_replicas = min_replicas
+        self.replica_timeout_ms = replica_timeout_ms
         #: A payload longer than this is dead-lettered (``MessageTooLarge``) before it is decoded.
         self.max_message_bytes = max_message_bytes
         #: Where undecodable messages' reasons go.
@@ -116,7 +136,9 @@ class SafeRedisBroker(RedisBroker):
 
     def enqueue_many(self, messages: list[Message[Any]]) -> None:
         """What ``enqueue`` does per message (no delay), in one round trip per
-        ``PIPELINE_MESSAGES`` messages."""
+        ``PIPELINE_MESSAGES`` messages; with ``min_replicas``, each round trip ends with a
+        ``WAIT`` for that many replicas, and ``NotReplicated`` is raised when fewer confirm (the
+        messages already sent stay sent: a caller that sends them again duplicates them)."""
         for start in range(0, len(messages), PIPELINE_MESSAGES):
             prepared = []
             for message in messages[start : start + PIPELINE_MESSAGES]:
@@ -124,7 +146,8 @@ class SafeRedisBroker(RedisBroker):
                 self.emit_before("enqueue", message, None)
                 prepared.append(message)
             self.run_dispatch(
-                [("enqueue", m.queue_name, m.options["redis_message_id"], m.encode()) for m in prepared]
+                [("enqueue", m.queue_name, m.options["redis_message_id"], m.encode()) for m in prepared],
+                replicas=self.min_replicas,
             )
             for message in prepared:
                 self.emit_after("enqueue", message, None)
@@ -142,13 +165,19 @@ class SafeRedisBroker(RedisBroker):
             [("qsize", q) for q in sorted(queues | {dq_name(q) for q in queues})], maintenance=True
         )
 
-    def run_dispatch(self, calls: list[tuple[Any, ...]], *, maintenance: bool = False) -> None:
+    def run_dispatch(
+        self, calls: list[tuple[Any, ...]], *, maintenance: bool = False, replicas: int = 0
+    ) -> None:
         """``(command, queue_name, *args)`` calls of Dramatiq's dispatch script, as
         ``RedisBroker._dispatch`` makes them, plus one ``PUBLISH`` per queue enqueued to, in one
         pipeline. The script goes by its SHA (``EVALSHA``) without redis-py's script check, which
         would cost a ``SCRIPT EXISTS`` round trip; where the server lacks the script (a new or
         restarted Redis) every call of it fails with NOSCRIPT and none ran: the script is loaded
-        and those calls, only those, are sent again."""
+        and those calls, only those, are sent again.
+
+        ``replicas``: the pipeline ends with ``WAIT replicas replica_timeout_ms`` (on the same
+        connection, so it covers these writes and every earlier one); ``NotReplicated`` when
+        fewer replicas confirm."""
         sha = self.scripts["dispatch"].sha
         pending = calls
         for _ in range(2):
@@ -158,11 +187,20 @@ class SafeRedisBroker(RedisBroker):
                     pipe.evalsha(sha, 1, self.namespace, *lead, *args)
                 for queue_name in {c[1] for c in pending if c[0] == "enqueue"}:
                     pipe.publish(self.keys.wake_channel(queue_name), b"")
-                results = pipe.execute(raise_on_error=False)[: len(pending)]
+                if replicas:
+                    pipe.execute_command("WAIT", replicas, self.replica_timeout_ms)
+                replies = pipe.execute(raise_on_error=False)
+            results = replies[: len(pending)]
             errors = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)]
             if errors:
                 raise errors[0]
             pending = [c for c, r in zip(pending, results, strict=True) if isinstance(r, NoScriptError)]
+            if replicas and not pending:
+                confirmed = replies[-1]
+                if isinstance(confirmed, Exception):
+                    raise confirmed
+                if int(confirmed) < replicas:
+                    raise NotReplicated(int(confirmed), replicas, self.replica_timeout_ms)
             if not pending:
                 return
             self.client.script_load(self.scripts["dispatch"].script)
