@@ -219,7 +219,9 @@ def test_a_real_worker_uses_the_cluster_and_rides_out_its_outage(
             # a merchant no tier has seen: L1 misses, so L2 is asked (the breaker's probe)
             producer.enqueue(data.add_expenses(conn, [f"RECOVERED {uuid4().hex[:12].upper()} LLC"]))
             s = scrape(port)
-            return s if s.value("catfleet_cache_breaker_state", state="closed") == 1 else None
+            # the gauge and the transition counter are two writes: wait for both
+            closed = s.value("catfleet_cache_breaker_state", state="closed") == 1
+            return s if closed and transitions(s)["closed"] >= 1 else None
 
         up = wait_for(closed_again, timeout=30, interval=0.5, what="breaker closed after the restart")
         assert breaker_gauge(up) == {"closed": 1, "half_open": 0, "open": 0}
