@@ -366,6 +366,7 @@ def test_capacity_reports_costs_a_model_and_predictions_beside_measurements(
             and costs["cpu_us"]["redis broker (private)"]["median"] > 0
         )
         assert costs["wal_bytes"]["median"] > 0 and costs["broker_commands"]["median"] > 0
+        assert costs["machine_cpu_us"]["median"] > 0
         assert costs["net_bytes_per_batch"]["broker"]["median"] > 0
         assert costs["net_bytes_per_batch"]["postgresql"]["median"] > 0
     # L1 of one entry: the lookups reach the cache Redis

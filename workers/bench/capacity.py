@@ -116,6 +116,13 @@ def _bytes_delta(before: dict[tuple[str, str], int], after: dict[tuple[str, str]
     return dict(totals)
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (``/proc/stat``: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / cpu.TICKS
+
+
 class Probe:
     """The servers a run is measured on: the broker and cache Redis, PostgreSQL's port."""
 
@@ -144,7 +151,9 @@ class Probe:
         )
         net0 = socket_bytes(pids, self.ports, os.getpid())
         with _cpu_window(env, worker_pgid=worker_pgid) as used:
+            busy0 = machine_busy_s()
             rate = _fleet_rate(env, ids, batch_size=batch_size)
+            busy = machine_busy_s() - busy0
             net1 = socket_bytes(pids, self.ports, os.getpid())
         (b1, bu1, bc1), (c1, cu1, cc1) = redis_commands(self.broker), redis_commands(self.cache)
         wal = int(
@@ -156,6 +165,7 @@ class Probe:
             "batch_size": batch_size,
             "cpu": {**used.seconds, BROKER_REDIS: (bc1 - bc0) / 1e6, CACHE_REDIS: (cc1 - cc0) / 1e6},
             "wal_bytes": wal,
+            "machine_busy_s": busy,
             # less the two INFO calls each side of the window make (not counted) and nothing else
             "broker_commands": b1 - b0,
             "cache_commands": c1 - c0,
@@ -177,6 +187,9 @@ def costs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "cpu_us": {name: s([r["cpu"].get(name, 0.0) * 1e6 / n for r in runs]) for name in cpu_names},
         "wal_bytes": s([r["wal_bytes"] / n for r in runs]),
+        # everything this machine ran meanwhile: the components, PostgreSQL's own background
+        # processes (WAL writer, checkpointer), the kernel's loopback work, the bench, other users
+        "machine_cpu_us": s([r["machine_busy_s"] * 1e6 / n for r in runs]),
         "broker_commands": s([r["broker_commands"] / n for r in runs]),
         "cache_commands": s([r["cache_commands"] / n for r in runs]),
         "net_bytes_per_batch": {
@@ -275,11 +288,10 @@ def model(
 
 
 def predict_processes(base: dict[str, Any], many: int, cores: int) -> float:
-    """N processes from one: N x the one-process rate, capped by this machine's CPU at the
-    per-expense CPU of every component the one-process runs measured (workers, PostgreSQL, both
-    Redis, the producer: all share these cores)."""
-    total_us = sum(v["median"] for v in base["cpu_us"].values()) + base["producer_us"]
-    return min(many * base["per_s"]["median"], cores * 1e6 / total_us)
+    """N processes from one: N x the one-process rate, capped by this machine's cores at the
+    machine's whole busy CPU per expense of the one-process runs (workers, PostgreSQL, both Redis
+    and the producer share these cores, and so does whatever else ran meanwhile)."""
+    return min(many * base["per_s"]["median"], cores * 1e6 / base["machine_cpu_us"]["median"])
 
 
 def fit_batches(rates: dict[int, float]) -> tuple[float, float]:
@@ -405,6 +417,7 @@ def render(r: dict[str, Any]) -> list[str]:
     lines = [
         f"per expense (batch {pe['batch_size']}, 1 process, median of {r['reps']}):",
         *(f"  cpu {k}: {v['median']} us ({v['min']}-{v['max']})" for k, v in cu.items()),
+        f"  machine busy: {pe['machine_cpu_us']['median']} us ({pe['machine_cpu_us']['min']}-{pe['machine_cpu_us']['max']})",
         f"  wal: {pe['wal_bytes']['median']} bytes; broker commands {pe['broker_commands']['median']};"
         f" cache commands {pe['cache_commands']['median']}",
         "  network bytes per batch: "
