@@ -42,12 +42,9 @@ Say = Callable[[str], None]
 
 BROKER_REDIS = "redis broker (private)"
 CACHE_REDIS = "redis cache (private)"
-#: An assumption, not a measurement: the WAL a PostgreSQL primary sustains (bytes/s) on a
-#: production host (fast NVMe, ``wal_compression``, replicas streaming it). Set with ``--wal-mb-s``.
-DEFAULT_WAL_MB_S = 100.0  # the --wal-mb-s default
 #: An assumption: a host's network interface, for the network line of the model.
 NIC_GBIT_S = 10.0
-#: Expenses/s the worker hosts of the model run at: 70 % of their cores (headroom for bursts).
+#: Each unit of the model runs at 70 % of its cores (or WAL limit): headroom for bursts.
 UTILIZATION = 0.7
 
 
@@ -166,7 +163,7 @@ class Probe:
             "cpu": {**used.seconds, BROKER_REDIS: (bc1 - bc0) / 1e6, CACHE_REDIS: (cc1 - cc0) / 1e6},
             "wal_bytes": wal,
             "machine_busy_s": busy,
-            # less the two INFO calls each side of the window make (not counted) and nothing else
+            # INFO's own calls left out (redis_commands)
             "broker_commands": b1 - b0,
             "cache_commands": c1 - c0,
             "broker_exec_us": bu1 - bu0,
@@ -283,6 +280,7 @@ def model(
             "broker_queues_per_lane": need["broker_node (one queue)"],
             "wal_mb_per_s": round(target * c["wal_bytes"]["median"] / 1e6, 1),
             "network_gbit_s_total": round(wire, 2),
+            "network_of_one_nic": round(wire / NIC_GBIT_S, 3),  # the fleet's traffic over one assumed NIC
         }
     return out
 
