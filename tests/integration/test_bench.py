@@ -109,7 +109,14 @@ def test_throughput_runs_the_floor_in_the_fleets_shape_alternated(settings: Sett
 
 
 def test_bad_input_gets_one_line_and_exit_code_2(settings: Settings) -> None:
-    for args in (["throughput", "--reps", "0"], ["latency", "--rates", "x"], ["cache", "--warmup", "1"]):
+    for args in (
+        ["throughput", "--reps", "0"],
+        ["latency", "--rates", "x"],
+        ["cache", "--warmup", "1"],
+        ["capacity", "--batch-sizes", "50,100"],  # two sizes fit the model and leave nothing to check
+        ["capacity", "--targets", "0"],
+        ["capacity", "--wal-mb-s", "x"],
+    ):
         done = subprocess.run(
             [sys.executable, "-m", "workers", "bench", *args],
             env=settings_env(settings),
@@ -337,3 +344,46 @@ def _cache_keys(settings: Settings) -> list[bytes]:
         return list(client.scan_iter(f"{settings.cache_prefix}-bench-*", count=1000))
     finally:
         client.close()
+
+
+def test_capacity_reports_costs_a_model_and_predictions_beside_measurements(
+    settings: Settings, tmp_path: Path
+) -> None:
+    args = ["--expenses", "3000", "--reps", "1", "--batch-sizes", "50,100,200", "--targets", "10000,1000000"]
+    result: Any = bench(settings, tmp_path, "capacity", *args)
+    assert result.keys() == {
+        "expenses", "reps", "machine_cores", "method", "per_expense", "per_expense_l1_off", "processes",
+        "batch_sizes", "model",
+    }  # fmt: skip
+    assert (result["expenses"], result["reps"]) == (3000, 1)
+    for costs in (result["per_expense"], result["per_expense_l1_off"]):
+        assert_summary(costs["per_s"], 1)
+        assert set(costs["cpu_us"]) == {
+            "workers", "postgresql (bench db backends)", "redis broker (private)", "redis cache (private)",
+        }  # fmt: skip
+        assert (
+            costs["cpu_us"]["workers"]["median"] > 0
+            and costs["cpu_us"]["redis broker (private)"]["median"] > 0
+        )
+        assert costs["wal_bytes"]["median"] > 0 and costs["broker_commands"]["median"] > 0
+        assert costs["machine_cpu_us"]["median"] > 0
+        assert costs["net_bytes_per_batch"]["broker"]["median"] > 0
+        assert costs["net_bytes_per_batch"]["postgresql"]["median"] > 0
+    # L1 of one entry: the lookups reach the cache Redis
+    assert result["per_expense_l1_off"]["cache_commands"]["median"] > 0
+    assert result["per_expense_l1_off"]["net_bytes_per_batch"]["cache"]["median"] > 0
+    two = result["processes"]["2"]
+    assert two["predicted_per_s"] > 0 and two["per_s"]["median"] > 0 and isinstance(two["error_pct"], float)
+    sizes = result["batch_sizes"]
+    assert sizes["fit"]["sizes"] == [50, 200] and list(sizes["measured_per_s"]) == ["50", "100", "200"]
+    assert list(sizes["checks"]) == ["100"]
+    check = sizes["checks"]["100"]
+    assert check["predicted_per_s"] > 0 and check["measured_per_s"]["median"] > 0
+    model = result["model"]
+    assert model["assumed"]["host_cores"] == result["machine_cores"]
+    assert model["saturates_first"] in model["per_unit_expenses_per_s"]
+    assert all(v > 0 for v in model["per_unit_expenses_per_s"].values())
+    assert list(model["targets"]) == ["10000", "1000000"]
+    small, big = model["targets"]["10000"], model["targets"]["1000000"]
+    for unit in ("worker_host", "postgresql_primary", "broker_node (one queue)", "redis_cluster_node"):
+        assert 1 <= small[unit] <= big[unit]

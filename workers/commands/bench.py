@@ -5,6 +5,7 @@ servers, runs real worker processes, prints a table and writes a JSON file. The 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -165,6 +166,7 @@ def register(sub: Any) -> None:
     p.add_argument("--rate", type=_positive(float), default=20.0, help="their rate per second")
 
     _memory_and_degraded(scenario)
+    _capacity(scenario)
     p = scenario(
         "storm", "kill -9 a random worker process every few seconds: nothing lost, calm vs storm", reps=False
     )
@@ -259,8 +261,47 @@ def _memory_and_degraded(scenario: Callable[..., argparse.ArgumentParser]) -> No
     p.add_argument("--zipf", type=_positive(float), default=1.1, help="Zipf exponent of the merchant stream")
 
 
+def _sizes(text: str) -> list[int]:
+    """Batch sizes for ``bench capacity``: at least three distinct positive whole numbers (the
+    smallest and the largest fit the model, the others check it)."""
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        sizes = []
+    if len(set(sizes)) < 3 or any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(
+            f"expected at least three distinct positive batch sizes, comma separated, got {text!r}"
+        )
+    return sorted(set(sizes))
+
+
+def _capacity(scenario: Callable[..., argparse.ArgumentParser]) -> None:
+    p = scenario(
+        "capacity",
+        "per-expense cost of each component, a capacity model for target rates, its predictions vs measurements",
+        expenses=20_000,
+    )
+    p.add_argument(
+        "--batch-sizes", type=_sizes, default=[50, 200, 500, 1000],
+        help="batch sizes (>= 3): the smallest and largest fit the model, the others check it",
+    )  # fmt: skip
+    p.add_argument(
+        "--targets",
+        type=_csv(_positive(int)),
+        default=[10_000, 100_000, 1_000_000],
+        help="expenses/s to size for",
+    )
+    p.add_argument(
+        "--host-cores", type=_positive(int), help="cores of a host in the model (default: this machine's)"
+    )
+    p.add_argument(
+        "--wal-mb-s", type=_positive(float), default=100.0,
+        help="WAL MB/s a PostgreSQL primary sustains (an assumption, default %(default)s)",
+    )  # fmt: skip
+
+
 def _scenarios() -> dict[str, Callable[..., dict[str, Any]]]:
-    from workers.bench import cache, degraded, memory, relay, scenarios, storm
+    from workers.bench import cache, capacity, degraded, memory, relay, scenarios, storm
 
     return {
         "throughput": scenarios.throughput,
@@ -273,6 +314,7 @@ def _scenarios() -> dict[str, Callable[..., dict[str, Any]]]:
         "memory": memory.memory,
         "degraded": degraded.degraded,
         "storm": storm.storm,
+        "capacity": capacity.capacity,
     }
 
 
@@ -355,7 +397,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     from workers.bench.env import bench_env, write_results
 
     started = time.time()
-    with bench_env(settings, log_level=args.log_level) as env:
+    with contextlib.ExitStack() as stack:
+        if args.scenario == "capacity":  # broker and cache on private redis-servers: their own figures
+            from workers.bench.capacity import private_servers
+
+            settings = stack.enter_context(private_servers(settings))
+        env = stack.enter_context(bench_env(settings, log_level=args.log_level))
         result = _run_scenario(env, args)
     doc = {
         "scenario": args.scenario,
