@@ -47,6 +47,14 @@ def _diagnostics(exc: psycopg.Error) -> dict[str, str | None]:
     }
 
 
+def not_migrated(exc: psycopg.errors.UndefinedTable) -> str:
+    """What an operator reads for a table that is not there: the database has no catfleet schema."""
+    what = exc.diag.message_primary or str(exc).strip().splitlines()[0]
+    return (
+        f"{what}: the database is not migrated (run catfleet migrate) or CATFLEET_DATABASE_URL names another"
+    )
+
+
 @contextmanager
 def translate_errors() -> Iterator[None]:
     """Turn psycopg and pool errors into the project's tree, keeping the cause and the server's
@@ -57,6 +65,8 @@ def translate_errors() -> Iterator[None]:
         raise DatabaseConflict(str(exc).strip(), **_diagnostics(exc)) from exc
     except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
         raise DatabaseUnavailable(str(exc).strip() or type(exc).__name__, **_diagnostics(exc)) from exc
+    except psycopg.errors.UndefinedTable as exc:  # a database without catfleet's schema (yet)
+        raise DatabaseError(not_migrated(exc), **_diagnostics(exc)) from exc
     except psycopg.Error as exc:
         raise DatabaseError(str(exc).strip(), **_diagnostics(exc)) from exc
 

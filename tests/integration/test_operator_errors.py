@@ -7,15 +7,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
+from psycopg import sql
 
 from schemas import LEARN_QUEUE
 from tests.support import data
 from tests.support.broker import queue_state
-from workers.harness.databases import with_dbname
+from tests.support.services import run_catfleet
+from workers.harness.databases import admin_url, drop_database, with_dbname
 from workers.harness.processes import ROOT, settings_env
 from workers.settings import Settings
 
@@ -178,3 +183,39 @@ def test_a_closed_stdout_ends_the_command_quietly(settings: Settings, argv: list
         err = proc.stderr.read().decode()
         assert proc.wait(timeout=60) == 1  # EXIT_STDOUT_CLOSED
     assert err == "", err
+
+
+@pytest.fixture
+def unmigrated(settings: Settings) -> Iterator[Settings]:
+    """A database the server has, without catfleet's schema (``migrate`` not run yet)."""
+    name = f"catfleet_bare_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url(settings.database_url), autocommit=True) as c:
+        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield msgspec.structs.replace(settings, database_url=with_dbname(settings.database_url, name))
+    finally:
+        drop_database(settings.database_url, name)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["categories", "list"],
+        ["patterns", "list"],
+        ["backfill", "list"],
+        ["backfill", "show", "backfill:0123"],
+        ["backfill", "--all", "--no-follow"],
+        ["rules", "show"],
+        ["rules", "diff"],
+    ],
+    ids=" ".join,
+)
+def test_a_database_that_is_not_migrated_gets_one_line_naming_the_fix(
+    unmigrated: Settings, argv: list[str]
+) -> None:
+    done = run_catfleet(unmigrated, *argv)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"catfleet {argv[0]}: relation ") and line.endswith(
+        "does not exist: the database is not migrated (run catfleet migrate) or CATFLEET_DATABASE_URL names another"
+    ), line

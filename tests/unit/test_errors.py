@@ -41,9 +41,20 @@ CASES = [
     (psycopg.errors.UniqueViolation("duplicate key value violates unique constraint"), DatabaseError),
     (psycopg.errors.ForeignKeyViolation("violates foreign key constraint"), DatabaseError),
     (psycopg.errors.NumericValueOutOfRange("bigint out of range"), DatabaseError),
-    (psycopg.errors.UndefinedTable('relation "nope" does not exist'), DatabaseError),
     (psycopg.errors.InFailedSqlTransaction("current transaction is aborted"), DatabaseError),
 ]
+
+
+def test_a_missing_table_says_the_database_is_not_migrated() -> None:
+    error = psycopg.errors.UndefinedTable('relation "nope" does not exist')
+    with pytest.raises(DatabaseError) as caught, translate_errors():
+        raise error
+    assert type(caught.value) is DatabaseError and caught.value.__cause__ is error
+    assert str(caught.value) == (
+        'relation "nope" does not exist: the database is not migrated (run catfleet migrate)'
+        " or CATFLEET_DATABASE_URL names another"
+    )
+    assert caught.value.sqlstate == "42P01"
 
 
 @pytest.mark.parametrize(("error", "expected"), CASES, ids=[type(e).__name__ for e, _ in CASES])

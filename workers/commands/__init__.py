@@ -133,6 +133,10 @@ def _operator_error(exc: BaseException, broker_errors: tuple[type[BaseException]
     if "psycopg" in sys.modules:
         import psycopg
 
+        if isinstance(exc, psycopg.errors.UndefinedTable):  # reached without translate_errors
+            from pipeline.db import not_migrated
+
+            return not_migrated(exc)
         kinds.append(psycopg.OperationalError)
     if not isinstance(exc, tuple(kinds)):
         return None
