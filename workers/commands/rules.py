@@ -182,60 +182,56 @@ def _print_diff(r: DiffReport) -> None:
     print("nothing was written (shadow run)")
 
 
-def cmd_rollout(settings: Settings, args: argparse.Namespace) -> int:
+def _act(settings: Settings, args: argparse.Namespace, act: Any, describe: Any) -> int:
+    """Run ``act(admin)``; a ``CandidateError`` is one line and exit 2, else the result as JSON
+    (``--json``) or ``describe(result)``."""
     from pipeline.errors import CandidateError
 
     with _admin(settings) as admin:
         try:
-            done = admin.set_rollout(args.percent)
+            done = act(admin)
         except CandidateError as exc:
             return _fail(str(exc))
-    if args.json:
-        print(msgspec.json.encode(done).decode())
-        return 0
-    print(
-        f"candidate {done.candidate_id} rolled out to {done.percent}% of users"
-        f" ({done.users_chosen} of {done.users} with expenses now); ruleset version {done.version}"
-    )
+    print(msgspec.json.encode(done).decode() if args.json else describe(done))
     return 0
+
+
+def cmd_rollout(settings: Settings, args: argparse.Namespace) -> int:
+    return _act(
+        settings,
+        args,
+        lambda admin: admin.set_rollout(args.percent),
+        lambda done: (
+            f"candidate {done.candidate_id} rolled out to {done.percent}% of users"
+            f" ({done.users_chosen} of {done.users} with expenses now); ruleset version {done.version}"
+        ),
+    )
 
 
 def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.errors import CandidateError
-
-    with _admin(settings) as admin:
-        try:
-            done = admin.promote()
-        except CandidateError as exc:
-            return _fail(str(exc))
-    if args.json:
-        print(msgspec.json.encode(done).decode())
-        return 0
-    print(
-        f"candidate {done.candidate_id} promoted: {done.added} added, {done.changed} changed,"
-        f" {done.deleted} deleted; ruleset version {done.base_version} -> {done.version}"
-        " (catfleet rules rollback undoes it)"
+    return _act(
+        settings,
+        args,
+        lambda admin: admin.promote(),
+        lambda done: (
+            f"candidate {done.candidate_id} promoted: {done.added} added, {done.changed} changed,"
+            f" {done.deleted} deleted; ruleset version {done.base_version} -> {done.version}"
+            " (catfleet rules rollback undoes it)"
+        ),
     )
-    return 0
 
 
 def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.errors import CandidateError
-
-    with _admin(settings) as admin:
-        try:
-            done = admin.rollback()
-        except CandidateError as exc:
-            return _fail(str(exc))
-    if args.json:
-        print(msgspec.json.encode(done).decode())
-        return 0
-    print(
-        f"candidate {done.candidate_id} rolled back: {done.restored} pattern(s) restored, {done.removed} removed;"
-        f" ruleset version {done.version}; re-do the rows it made: catfleet backfill --candidate {done.candidate_id}"
-        " (or --stale-ruleset)"
+    return _act(
+        settings,
+        args,
+        lambda admin: admin.rollback(),
+        lambda done: (
+            f"candidate {done.candidate_id} rolled back: {done.restored} pattern(s) restored,"
+            f" {done.removed} removed; ruleset version {done.version}; re-do the rows it made:"
+            f" catfleet backfill --candidate {done.candidate_id} (or --stale-ruleset)"
+        ),
     )
-    return 0
 
 
 def cmd_discard(settings: Settings, args: argparse.Namespace) -> int:
