@@ -56,7 +56,7 @@ def assert_percentiles(p: Any) -> None:
 
 
 def test_throughput_runs_the_floor_in_the_fleets_shape_alternated(settings: Settings, tmp_path: Path) -> None:
-    result: Any = bench(settings, tmp_path, "throughput", "--expenses", "1200", "--reps", "2")
+    result: Any = bench(settings, tmp_path, "throughput", "--expenses", "4000", "--reps", "2")
     assert set(result) == {
         "expenses",
         "log_level",
@@ -72,7 +72,7 @@ def test_throughput_runs_the_floor_in_the_fleets_shape_alternated(settings: Sett
         "logging",
         "cpu_us_per_expense",
     }
-    assert (result["expenses"], result["log_level"]) == (1200, "INFO")
+    assert (result["expenses"], result["log_level"]) == (4000, "INFO")
     # floor shape equals fleet shape, as each observed it: the fleet's processes from their fleet
     # records, the floor's from its own processes and threads; the naive fleet runs the same
     want = {"processes": 2, "threads": settings.worker_threads, "batch_size": settings.batch_size}
